@@ -1,0 +1,48 @@
+# Two commands matter: `make reproduce` and `make test`. Both build .venv when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.merlib-installed
+DATASET ?= synthme
+DATA_ROOT ?=
+PROFILE ?= quick
+PRESET ?= demo
+SEED ?= 0
+
+.PHONY: all env test unit nbval reproduce lab clean-env
+
+all: test
+
+env: $(STAMP)
+
+# Rebuilt whenever a pin or the package metadata changes.
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "merlib needs Python 3.11, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name merlib --display-name "Python (merlib)" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval-lax notebooks/
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval-lax notebooks/
+
+# Default: the demo SynthME (generated once, cached) through every notebook with the quick profile.
+reproduce: $(STAMP)
+	$(BIN)/merlib reproduce --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) --profile $(PROFILE) --preset $(PRESET) --seed $(SEED)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,119 @@
+"""``merlib`` command line (also ``python -m merlib``).
+
+Each subcommand is a thin wrapper: parse arguments, call one library function, report. Imports
+are local so that ``merlib index`` does not pay for torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from merlib.datasets import build_index, DatasetNotFound
+
+    try:
+        index = build_index(args.dataset, args.data_root)
+    except DatasetNotFound as exc:
+        print(f"merlib index: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        index.to_csv(out, index=False)
+    else:
+        index.to_csv(sys.stdout, index=False)
+    ok = index["status"].eq("ok")
+    bad = index[~ok & index["status"].ne("excluded")]
+    counts = index[ok]["label"].value_counts().reindex(["negative", "positive", "surprise"]).fillna(0)
+    print(f"{args.dataset}: {len(index)} rows, {int(ok.sum())} usable "
+          f"({', '.join(f'{k} {int(v)}' for k, v in counts.items())}), "
+          f"{int(index['status'].eq('excluded').sum())} excluded by emotion, {len(bad)} bad",
+          file=sys.stderr)
+    for row in bad.itertuples():
+        print(f"  {row.subject}/{row.clip}: {row.status}: {row.reason}", file=sys.stderr)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from merlib.datasets.synth import generate
+
+    path = generate(Path(args.out), layout=args.layout, preset=args.preset, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from merlib.preprocess.pipeline import main as preprocess_main
+
+    return preprocess_main(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from merlib.train import main as train_main
+
+    return train_main(args)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from merlib.batch import main as reproduce_main
+
+    return reproduce_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from merlib.config import DATASETS
+
+    p = argparse.ArgumentParser(prog="merlib", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("index", help="write the sample index of a dataset as CSV")
+    s.add_argument("--dataset", required=True, choices=["casme2", "samm", "smic", "megc"])
+    s.add_argument("--data-root", required=True, help="folder the dataset was unpacked into")
+    s.add_argument("--out", help="CSV file (default: standard output)")
+    s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("synth", help="generate a SynthME dataset in a real on-disk layout")
+    s.add_argument("--out", required=True)
+    s.add_argument("--layout", choices=["casme2", "samm", "smic"], default="casme2")
+    s.add_argument("--preset", choices=["tiny", "demo"], default="tiny")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("preprocess", help="apex, TIM, alignment, landmarks and blocks into the cache")
+    s.add_argument("--dataset", required=True, choices=DATASETS)
+    s.add_argument("--data-root")
+    s.add_argument("--cache")
+    s.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+    s.add_argument("--apex", choices=["annotated", "detected"], default="annotated")
+    s.set_defaults(func=_cmd_preprocess)
+
+    s = sub.add_parser("train", help="LOSO training of one variant")
+    s.add_argument("--dataset", required=True, choices=DATASETS)
+    s.add_argument("--data-root")
+    s.add_argument("--blocks", type=int, choices=[0, 10, 24], default=10)
+    s.add_argument("--profile", choices=["quick", "paper"], default="quick")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cache")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("reproduce", help="run the notebooks in order for one dataset (papermill)")
+    s.add_argument("--dataset", choices=DATASETS, default="synthme")
+    s.add_argument("--data-root")
+    s.add_argument("--profile", choices=["quick", "paper"], default="quick")
+    s.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    s.add_argument("--preset", choices=["tiny", "demo"], default="demo",
+                   help="SynthME preset when --dataset synthme")
+    s.add_argument("--seed", type=int, default=0, help="SynthME seed when --dataset synthme")
+    s.set_defaults(func=_cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
