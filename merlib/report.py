@@ -1,0 +1,203 @@
+"""Tables and figures for the notebooks, each written with a provenance record.
+
+Our numbers come from files merlib computed (indexes, predictions); the paper's come from
+``merlib.paper``. Tables put the two side by side with the difference (ours - paper).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from merlib import paper
+from merlib.config import CLASSES, git_commit, to_jsonable
+
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
+            "opencv-python-headless", "face-recognition", "dlib-bin", "papermill")
+
+
+# --------------------------------------------------------------------------- provenance
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "system": platform.platform()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # torch is optional for the division tables
+        pass
+    return info
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class Provenance:
+    """Who/what/where of a result. Start it when the work starts, so wall time is honest."""
+
+    dataset: str
+    index_hash: str = ""
+    profile: str = ""
+    config: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def record(self, **extra) -> dict:
+        return {
+            "git_commit": git_commit(),
+            "dataset": self.dataset,
+            "index_hash": self.index_hash,
+            "profile": self.profile,
+            "config": to_jsonable(self.config),
+            "packages": package_versions(),
+            "hardware": hardware(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.time() - self.started, 2),
+            **to_jsonable(extra),
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
+                *, floatfmt: str = ".4f", **extra) -> dict[str, Path]:
+    """``name.csv``, ``name.md`` and ``name.provenance.json`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md",
+             "provenance": out_dir / f"{name}.provenance.json"}
+    _atomic_write(paths["csv"], df.to_csv(index=False))
+    _atomic_write(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    _atomic_write(paths["provenance"],
+                  json.dumps(prov.record(table=name, **extra), indent=2, sort_keys=True) + "\n")
+    return paths
+
+
+def write_figure(fig, out_dir: Path, name: str, prov: Provenance, **extra) -> dict[str, Path]:
+    """``name.png``, ``name.pdf`` and ``name.provenance.json`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"png": out_dir / f"{name}.png", "pdf": out_dir / f"{name}.pdf",
+             "provenance": out_dir / f"{name}.provenance.json"}
+    fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
+    fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None})
+    _atomic_write(paths["provenance"],
+                  json.dumps(prov.record(figure=name, **extra), indent=2, sort_keys=True) + "\n")
+    return paths
+
+
+# --------------------------------------------------------------------------- Tables 1-4
+
+PAPER_TABLE = {"casme2": 1, "samm": 2, "smic": 3, "megc": 4}
+
+
+def _emotion_summary(rows: pd.DataFrame) -> str:
+    counts = rows["emotion"].fillna("?").value_counts()
+    return ", ".join(f"{emo} {n}" for emo, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def class_division(index: pd.DataFrame, *, paper_source: str) -> pd.DataFrame:
+    """Per class: our usable count, the source emotions behind it, the paper's count, difference.
+
+    ``paper_source`` picks the paper table to compare with (casme2: Table 1, samm: 2, smic: 3).
+    """
+    ok = index[index["status"] == "ok"]
+    ref = paper.division(paper_source).set_index("label")
+    rows = []
+    for label in CLASSES:
+        mine = ok[ok["label"] == label]
+        rows.append({
+            "class": label,
+            "emotions (ours)": _emotion_summary(mine),
+            "ours": len(mine),
+            "paper": int(ref.loc[label, "count"]),
+            "ours - paper": len(mine) - int(ref.loc[label, "count"]),
+            "emotions (paper)": (ref.loc[label, "emotions"] if isinstance(ref.loc[label, "emotions"], str)
+                                 else "").replace(";", ", "),
+        })
+    total = {"class": "total", "emotions (ours)": "", "ours": sum(r["ours"] for r in rows),
+             "paper": sum(r["paper"] for r in rows), "emotions (paper)": ""}
+    total["ours - paper"] = total["ours"] - total["paper"]
+    return pd.DataFrame(rows + [total])
+
+
+def megc_division(index: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: per source and fused, usable counts per class, ours beside the paper's."""
+    ok = index[index["status"] == "ok"]
+    ours = (ok.groupby(["source", "label"]).size().unstack("label")
+            .reindex(index=["casme2", "samm", "smic"], columns=list(CLASSES)).fillna(0).astype(int))
+    ours.loc["fused"] = ours.sum()
+    ours["total"] = ours.sum(axis=1)
+    ref = paper.megc_division()
+    out = pd.DataFrame({"source": ours.index})
+    for col in [*CLASSES, "total"]:
+        out[col] = ours[col].values
+        out[f"{col} (paper)"] = ref[col].values
+        out[f"{col} diff"] = ours[col].values - ref[col].values
+    return out
+
+
+def excluded_and_bad(index: pd.DataFrame) -> pd.DataFrame:
+    """Every row that is not usable, with its status and reason (nothing is silently dropped)."""
+    cols = ["source", "subject", "clip", "emotion", "status", "reason"]
+    return index.loc[index["status"] != "ok", cols].reset_index(drop=True)
+
+
+def status_summary(index: pd.DataFrame) -> pd.DataFrame:
+    """How many rows per status, with what each status means."""
+    from merlib.datasets.schema import STATUS_CODES
+
+    counts = index["status"].value_counts()
+    return pd.DataFrame({"status": counts.index, "rows": counts.values,
+                         "meaning": [STATUS_CODES.get(s, "") for s in counts.index]})
+
+
+def flags_summary(index: pd.DataFrame) -> pd.DataFrame:
+    """Warnings on usable rows (missing apex, apex outside onset-offset), counted."""
+    flags = index.loc[index["status"] == "ok", "flags"].fillna("").astype(str)
+    exploded = flags[flags != ""].str.split(";").explode()
+    counts = exploded.value_counts()
+    return pd.DataFrame({"flag": counts.index, "clips": counts.values})
+
+
+def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: Path,
+                    prov: Provenance) -> dict[str, pd.DataFrame]:
+    """Write notebook 01's tables for one dataset and return them.
+
+    ``source`` is the format the index came from (for SynthME, its layout), which picks the paper
+    table to compare with; MEGC gets Table 4 (per source and fused).
+    """
+    tables: dict[str, pd.DataFrame] = {"status": status_summary(index),
+                                       "flags": flags_summary(index),
+                                       "unusable_rows": excluded_and_bad(index)}
+    if source == "megc":
+        tables["table4_division"] = megc_division(index)
+    else:
+        tables[f"table{PAPER_TABLE[source]}_division"] = class_division(index, paper_source=source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index.to_csv(out_dir / "index.csv", index=False)
+    for name, df in tables.items():
+        write_table(df, out_dir, name, prov, paper_table=PAPER_TABLE.get(source), source=source)
+    return tables

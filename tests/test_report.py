@@ -1,0 +1,98 @@
+import json
+
+import pandas as pd
+import pytest
+
+from merlib import paper, report
+from merlib.datasets.schema import INDEX_COLUMNS
+
+
+def _row(source, subject, clip, emotion, label, status="ok", reason="", flags=""):
+    row = dict.fromkeys(INDEX_COLUMNS, "")
+    row.update(dataset=source, source=source, subject=subject, clip=clip, emotion=emotion,
+               label=label, status=status, reason=reason, flags=flags, onset=1, apex=5, offset=9,
+               n_frames=9, fps=200)
+    return row
+
+
+@pytest.fixture
+def casme_index():
+    rows = [_row("casme2", "sub01", f"EP0{i}", "repression", "negative") for i in range(3)]
+    rows += [_row("casme2", "sub01", "EP10", "disgust", "negative")]
+    rows += [_row("casme2", "sub02", "EP11", "happiness", "positive", flags="apex_missing")]
+    rows += [_row("casme2", "sub02", "EP12", "surprise", "surprise", flags="apex_missing;apex_outside")]
+    rows += [_row("casme2", "sub02", "EP13", "others", "", status="excluded", reason="others")]
+    rows += [_row("casme2", "sub03", "EP14", "disgust", "negative", status="missing_folder",
+                  reason="no folder sub03/EP14")]
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
+def test_class_division_counts_only_usable_rows_and_differs_from_paper(casme_index):
+    table = report.class_division(casme_index, paper_source="casme2").set_index("class")
+    assert table.loc["negative", "ours"] == 4  # the missing-folder disgust clip is not counted
+    assert table.loc["positive", "ours"] == 1
+    assert table.loc["surprise", "ours"] == 1
+    assert table.loc["total", "ours"] == 6
+    assert table.loc["negative", "emotions (ours)"] == "repression 3, disgust 1"
+    ref = paper.division("casme2").set_index("label")["count"]
+    for label in ("negative", "positive", "surprise"):
+        assert table.loc[label, "paper"] == ref[label]
+        assert table.loc[label, "ours - paper"] == table.loc[label, "ours"] - ref[label]
+    assert table.loc["total", "paper"] == ref.sum()
+
+
+def test_unusable_rows_are_listed_with_reasons(casme_index):
+    bad = report.excluded_and_bad(casme_index)
+    assert list(bad["clip"]) == ["EP13", "EP14"]
+    assert list(bad["status"]) == ["excluded", "missing_folder"]
+    assert bad.loc[1, "reason"] == "no folder sub03/EP14"
+    status = report.status_summary(casme_index).set_index("status")["rows"]
+    assert status.to_dict() == {"ok": 6, "excluded": 1, "missing_folder": 1}
+
+
+def test_flags_are_counted_per_flag(casme_index):
+    flags = report.flags_summary(casme_index).set_index("flag")["clips"].to_dict()
+    assert flags == {"apex_missing": 2, "apex_outside": 1}
+
+
+def test_megc_division_per_source_and_fused():
+    rows = ([_row("casme2", "sub01", f"c{i}", "disgust", "negative") for i in range(2)]
+            + [_row("samm", "006", "s1", "happiness", "positive")]
+            + [_row("smic", "s01", "m1", "surprise", "surprise"),
+               _row("smic", "s01", "m2", "negative", "negative", status="not_in_source", reason="x")])
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    table = report.megc_division(index).set_index("source")
+    assert table.loc["casme2", "negative"] == 2
+    assert table.loc["samm", "positive"] == 1
+    assert table.loc["smic", "negative"] == 0
+    assert table.loc["fused", "total"] == 4
+    assert table.loc["fused", "total (paper)"] == 438  # the paper's Table 4 total
+    assert table.loc["fused", "total diff"] == 4 - 438
+
+
+def test_write_table_round_trip_with_provenance(tmp_path, casme_index):
+    prov = report.Provenance(dataset="casme2", index_hash="abc", profile="quick",
+                             config={"blocks": 10})
+    df = report.class_division(casme_index, paper_source="casme2")
+    paths = report.write_table(df, tmp_path, "table1_division", prov)
+    back = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert back["ours"].tolist() == df["ours"].tolist()
+    assert "| negative" in paths["md"].read_text()
+    record = json.loads(paths["provenance"].read_text())
+    assert record["dataset"] == "casme2" and record["index_hash"] == "abc"
+    assert record["config"] == {"blocks": 10}
+    assert record["table"] == "table1_division"
+    assert record["wall_time_s"] >= 0
+    assert {"git_commit", "packages", "hardware", "date"} <= set(record)
+
+
+def test_paper_tables_are_internally_consistent():
+    t5 = paper.table5()
+    assert len(t5) == 3 * 4 * 3
+    t6 = paper.table6()
+    ours6 = t6[t6["method"] == "Our (10 IBs)"].set_index(["dataset", "metric"])["value"]
+    ours5 = t5[t5["blocks"] == 10].set_index(["dataset", "metric"])["value"]
+    pd.testing.assert_series_equal(ours6.sort_index(), ours5.sort_index(), check_names=False)
+    # Table 1 of the paper sums to 446 clips for a 255-clip dataset (DESIGN §3): keep it visible.
+    assert paper.division("casme2")["count"].sum() == 446
+    assert paper.megc_division().loc["fused", "total"] == 438
