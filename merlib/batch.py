@@ -1,7 +1,8 @@
 """``merlib reproduce``: the ordered notebooks for one dataset, executed by papermill.
 
-Executed copies go to ``runs/<dataset>/``; the notebooks themselves write ``tables/<dataset>/`` and
-``figures/<dataset>/``. Work the notebooks do is cached (SynthME, preprocessing, per-fold training),
+Executed copies go to ``runs/<run>/``; the notebooks themselves write ``tables/<run>/`` and
+``figures/<run>/``, where ``<run>`` is the dataset name, or for SynthME its preset, layout and seed
+(``synthme-demo-casme2-seed0``). Work the notebooks do is cached (SynthME, preprocessing, per-fold training),
 so a rerun after an interruption resumes instead of starting over.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from merlib.config import Paths, project_root
+from merlib.config import Paths, SynthConfig, project_root
 
 KERNEL = "merlib"
 
@@ -26,6 +27,13 @@ class BatchConfig:
     synth_seed: int = 0
     synth_layout: str = "casme2"
     only: tuple[str, ...] = ()
+
+
+def run_name(cfg: BatchConfig) -> str:
+    if cfg.dataset == "synthme":
+        return SynthConfig(preset=cfg.synth_preset, seed=cfg.synth_seed,
+                           layout=cfg.synth_layout).folder_name()
+    return cfg.dataset
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:
@@ -45,7 +53,7 @@ def run(cfg: BatchConfig, *, paths: Paths | None = None, kernel: str = KERNEL) -
     import papermill as pm
 
     paths = paths or Paths.from_env()
-    out_dir = paths.runs_for(cfg.dataset)
+    out_dir = paths.runs_for(run_name(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not cfg.only or nb.name[:2] in cfg.only]
     if not selected:

@@ -183,7 +183,8 @@ def flags_summary(index: pd.DataFrame) -> pd.DataFrame:
 
 def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: Path,
                     prov: Provenance) -> dict[str, pd.DataFrame]:
-    """Write notebook 01's tables for one dataset and return them.
+    """Write notebook 01's tables for one dataset and return them, keyed status, flags,
+    unusable_rows and division (the paper's Table 1, 2, 3 or 4 side by side with ours).
 
     ``source`` is the format the index came from (for SynthME, its layout), which picks the paper
     table to compare with; MEGC gets Table 4 (per source and fused).
@@ -191,13 +192,14 @@ def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: 
     tables: dict[str, pd.DataFrame] = {"status": status_summary(index),
                                        "flags": flags_summary(index),
                                        "unusable_rows": excluded_and_bad(index)}
-    if source == "megc":
-        tables["table4_division"] = megc_division(index)
-    else:
-        tables[f"table{PAPER_TABLE[source]}_division"] = class_division(index, paper_source=source)
+    division = (megc_division(index) if source == "megc"
+                else class_division(index, paper_source=source))
+    names = {"status": "index_status", "flags": "index_flags", "unusable_rows": "unusable_rows",
+             "division": f"table{PAPER_TABLE[source]}_division"}
+    tables["division"] = division
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index.to_csv(out_dir / "index.csv", index=False)
-    for name, df in tables.items():
-        write_table(df, out_dir, name, prov, paper_table=PAPER_TABLE.get(source), source=source)
+    for key, df in tables.items():
+        write_table(df, out_dir, names[key], prov, paper_table=PAPER_TABLE.get(source), source=source)
     return tables

@@ -24,6 +24,12 @@ class DataSpec:
     loader: str  # casme2 | samm | smic | megc
     synth: SynthConfig | None = None
 
+    @property
+    def name(self) -> str:
+        """The run's folder name under tables/, figures/, runs/ and the caches: the dataset, or
+        for SynthME its preset, layout and seed (so CI's tiny runs never overwrite a demo run)."""
+        return self.synth.folder_name() if self.synth else self.dataset
+
 
 def resolve(dataset: str, data_root: str | Path | None = None, *,
             synth: SynthConfig | None = None, paths: Paths | None = None,
