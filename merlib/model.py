@@ -1,0 +1,490 @@
+"""GIA + BIA + Bi-LSTM micro-expression classifier (paper Sec. 3, Fig. 1; DESIGN.md §5).
+
+Shapes for one clip of T frames at 224×224 (B clips, K blocks):
+
+- transfer layer: VGG16 ``features[:19]`` (conv1_1 … conv4_1 + ReLU)        -> (B, T, 512, 28, 28)
+- GIA convs:      VGG16 ``features[19:28]`` (conv4_2, conv4_3, pool4, conv5_1,
+                  conv5_2, each conv with its ReLU)                           -> (B, T, 512, 14, 14)
+- GIA head:       τ_g = FC(512·14·14 -> 512) + ReLU, p_g = φ_g(map)           -> p_g·τ_g (B, T, 512)
+- BIA (Eqs. 1–3): K windows cut from the 28×28 map by ``roi_align`` (6×6),
+                  own τ_k = FC(512·6·6 -> 64) + ReLU and gate φ_k per block   -> p_k·τ_k (B, T, K, 64)
+- fusion:         [α_1 … α_K, global]                                        -> (B, T, 64·K + 512)
+- Bi-LSTM:        1 layer, 128 per direction, final states of both directions -> (B, 256)
+- classifier:     dropout, FC 256->128, ReLU, FC 128->64, ReLU, FC 64->3      -> (B, 3)
+
+torchvision's ``vgg16().features`` indices: 0 conv1_1, 2 conv1_2, 4 pool1, 5 conv2_1, 7 conv2_2,
+9 pool2, 10 conv3_1, 12 conv3_2, 14 conv3_3, 16 pool3, 17 conv4_1, 19 conv4_2, 21 conv4_3,
+23 pool4, 24 conv5_1, 26 conv5_2, 28 conv5_3, 30 pool5 (odd indices between convs are ReLUs).
+Hence ``[:19]`` ends with conv4_1's ReLU at stride 8 and ``[19:28]`` ends with conv5_2's ReLU at
+stride 16.
+
+The gate φ (gACNN's attention net) is: 1×1 conv to 128 channels, ReLU, global average pool,
+FC 64, ReLU, FC 1, sigmoid; so every gate value lies in (0, 1).
+
+Frames enter as float RGB in [0, 1]; with ``ModelConfig.normalize_input`` the model applies the
+ImageNet mean/std of the VGG16 weights itself.
+
+Block geometry: block centres are (x, y) in 224×224 pixel coordinates and sides in pixels. The
+window is ``roi_align(output_size=6, spatial_scale=1/8, aligned=True)``: feature cell i covers
+pixels [8i, 8i+8). A 48-px block centred on a multiple of 8 is an exact 6×6 cut of the map; other
+centres and sides are sampled bilinearly (sampling_ratio adaptive, so a wide 10-IB side averages
+several samples per bin). Samples more than one cell outside the map are zero; within one cell
+roi_align repeats the border cell.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import roi_align
+from torchvision.transforms import v2 as transforms_v2
+
+TRANSFER_SLICE = slice(0, 19)  # conv1_1 … conv4_1 + ReLU
+GIA_SLICE = slice(19, 28)  # conv4_2 … conv5_2 + ReLU
+FEATURE_STRIDE = 8  # 224 -> 28
+IMAGE_SIZE = 224
+MAP_CHANNELS = 512
+VGG16_WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and which parts train. ``blocks``: 0 ("Without IBs"), 24 or 10."""
+
+    blocks: int = 10
+    freeze_transfer: bool = True
+    freeze_gia_convs: bool = False  # True for the CPU 'quick' profile (maps cached per clip)
+    dropout: float = 0.5
+    lstm_hidden: int = 128
+    global_dim: int = 512  # τ_g output
+    block_dim: int = 64  # τ_k output
+    gate_channels: int = 128  # φ: 1×1 conv width
+    gate_hidden: int = 64  # φ: hidden FC width
+    crop: int = 6  # block window side on the 28×28 map
+    head_hidden: tuple[int, ...] = (128, 64)  # 3 FC layers in all: 256 -> 128 -> 64 -> classes
+    num_classes: int = 3
+    normalize_input: bool = True  # ImageNet mean/std inside the model
+
+    def __post_init__(self) -> None:
+        if self.blocks < 0:
+            raise ValueError(f"ModelConfig.blocks must be >= 0, got {self.blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def fused_dim(self) -> int:
+        """Per-frame feature size after fusion: 512, 1152 (10 IBs), 2048 (24 IBs)."""
+        return self.global_dim + self.blocks * self.block_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+
+def _vgg16_features_skeleton() -> nn.Sequential:
+    # Built on the meta device: no time spent on a random init that is overwritten anyway.
+    with torch.device("meta"):
+        return torchvision.models.vgg16(weights=None).features
+
+
+def _features_state(state: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """Keys of a vgg16 state_dict ("features.0.weight", "classifier…") or of vgg16.features
+    ("0.weight") as the latter."""
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{source}: expected a state_dict (dict of tensors), got {type(state).__name__}")
+    if any(k.startswith("features.") for k in state):
+        return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    return dict(state)
+
+
+def _load_into_skeleton(state: dict[str, Any], source: str) -> nn.Sequential:
+    features = _vgg16_features_skeleton()
+    try:
+        features.load_state_dict(_features_state(state, source), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{source} is not a VGG16 (or VGG16.features) state_dict: {exc}") from exc
+    return features
+
+
+def imagenet_cache_file() -> Path:
+    """Where torch hub keeps the ImageNet VGG16 file: ``torch.hub.get_dir()/checkpoints/<name>``."""
+    name = VGG16_WEIGHTS.url.rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def load_vgg16_features(weights: str | Path | None, *, allow_random: bool = False) -> nn.Sequential:
+    """VGG16 ``features`` (31 layers) with the requested weights.
+
+    - ``"imagenet"``: torchvision's ``VGG16_Weights.IMAGENET1K_V1`` through the torch hub cache
+      (downloaded when missing and the network allows; otherwise RuntimeError naming the file).
+    - a path to a ``.pth`` state_dict of ``vgg16`` or of ``vgg16.features`` (``weights_only``).
+    - ``None``: random init, only when ``allow_random`` (tests, smoke runs).
+    """
+    if weights is None:
+        if not allow_random:
+            raise ValueError("load_vgg16_features: weights=None gives random VGG16 weights; pass "
+                             "allow_random=True to accept that, or weights='imagenet' / a .pth path")
+        return torchvision.models.vgg16(weights=None).features
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        cached = imagenet_cache_file()
+        try:
+            state = torch.hub.load_state_dict_from_url(
+                VGG16_WEIGHTS.url, model_dir=str(cached.parent), map_location="cpu",
+                progress=False, weights_only=True)
+        except Exception as exc:  # no network, proxy, corrupt partial file …
+            raise RuntimeError(
+                f"ImageNet VGG16 weights not available: looked for {cached} (torch hub cache, "
+                f"torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it) and the download of "
+                f"{VGG16_WEIGHTS.url} failed ({type(exc).__name__}: {exc}). Copy that file to "
+                f"{cached}, or pass weights=<path to a vgg16 .pth state_dict>.") from exc
+        return _load_into_skeleton(state, str(cached))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"VGG16 weights file not found: {path.resolve()} (expected a .pth "
+                                f"state_dict of torchvision vgg16 or vgg16.features, or 'imagenet')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"cannot read VGG16 weights from {path}: {type(exc).__name__}: {exc}") from exc
+    return _load_into_skeleton(state, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def _grad_for(module: nn.Module, x: torch.Tensor | None = None) -> torch.set_grad_enabled:
+    """Track gradients through ``module`` only if it trains or its input carries a gradient, so
+    frozen leading parts run without storing activations."""
+    needed = any(p.requires_grad for p in module.parameters()) or (x is not None and x.requires_grad)
+    return torch.set_grad_enabled(torch.is_grad_enabled() and needed)
+
+
+class AttentionGate(nn.Module):
+    """φ of Eq. (1) for one map (gACNN): 1×1 conv, ReLU, GAP, FC, ReLU, FC, sigmoid -> scalar."""
+
+    def __init__(self, *, in_channels: int, channels: int = 128, hidden: int = 64) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))  # (N, 128, H, W)
+        x = self.pool(x).flatten(1)  # (N, 128)
+        x = torch.relu(self.fc1(x))  # (N, 64)
+        return torch.sigmoid(self.fc2(x)).squeeze(1)  # (N,)
+
+
+class BlockLinear(nn.Module):
+    """K independent linear layers applied block-wise in one einsum: (N, K, …, in) -> (N, K, …, out).
+    Weight (K, out, in), bias (K, out); each slice initialised like ``nn.Linear``."""
+
+    def __init__(self, *, blocks: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(blocks, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(blocks, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)  # nn.Linear's kaiming_uniform(a=√5) bound
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("nk...i,koi->nk...o", x, self.weight)
+        bias = self.bias.view(1, self.bias.shape[0], *([1] * (x.dim() - 3)), self.out_features)
+        return y + bias
+
+
+class BlockGate(nn.Module):
+    """The gate φ_k of every block at once, each block with its own weights (Eq. 1)."""
+
+    def __init__(self, *, blocks: int, in_channels: int, channels: int = 128, hidden: int = 64) -> None:
+        super().__init__()
+        self.conv = BlockLinear(blocks=blocks, in_features=in_channels, out_features=channels)  # 1×1 conv
+        self.fc1 = BlockLinear(blocks=blocks, in_features=channels, out_features=hidden)
+        self.fc2 = BlockLinear(blocks=blocks, in_features=hidden, out_features=1)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops.flatten(3).transpose(2, 3)  # (N, K, 36, 512): pixels × channels
+        x = torch.relu(self.conv(x)).mean(2)  # (N, K, 128): 1×1 conv, ReLU, GAP
+        x = torch.relu(self.fc1(x))  # (N, K, 64)
+        return torch.sigmoid(self.fc2(x)).squeeze(2)  # (N, K)
+
+
+class GlobalAttention(nn.Module):
+    """GIA (Sec. 3.3): VGG16 conv4_2 … conv5_2, then p_g·τ_g."""
+
+    def __init__(self, *, convs: nn.Sequential, channels: int = MAP_CHANNELS, map_size: int = 14,
+                 out_dim: int = 512, gate_channels: int = 128, gate_hidden: int = 64) -> None:
+        super().__init__()
+        self.convs = convs
+        self.tau = nn.Linear(channels * map_size * map_size, out_dim)
+        self.gate = AttentionGate(in_channels=channels, channels=gate_channels, hidden=gate_hidden)
+
+    def forward_convs(self, f28: torch.Tensor) -> torch.Tensor:
+        with _grad_for(self.convs, f28):
+            return self.convs(f28)  # (N, 512, 28, 28) -> (N, 512, 14, 14)
+
+    def forward(self, f14: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tau = torch.relu(self.tau(f14.flatten(1)))  # (N, 512)  τ_g
+        p = self.gate(f14)  # (N,)  p_g
+        return p.unsqueeze(1) * tau, p  # (N, 512), (N,)
+
+
+class BlockAttention(nn.Module):
+    """BIA (Sec. 3.2, Eqs. 1–3): K windows of the 28×28 map, each with its own τ_k and φ_k."""
+
+    def __init__(self, *, blocks: int, channels: int = MAP_CHANNELS, crop: int = 6, out_dim: int = 64,
+                 gate_channels: int = 128, gate_hidden: int = 64,
+                 stride: int = FEATURE_STRIDE) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.crop_size = crop
+        self.stride = stride
+        self.tau = BlockLinear(blocks=blocks, in_features=channels * crop * crop, out_features=out_dim)
+        self.gate = BlockGate(blocks=blocks, in_channels=channels, channels=gate_channels,
+                              hidden=gate_hidden)
+
+    def crop(self, f28: torch.Tensor, centres: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+        """c_k of Eq. (1): (N, C, 28, 28), centres (N, K, 2) as (x, y) px, sides (N, K) px
+        -> (N, K, C, 6, 6)."""
+        n, k = centres.shape[:2]
+        half = sides.to(f28.dtype).unsqueeze(-1) / 2  # (N, K, 1)
+        xy = centres.to(f28.dtype)
+        frame = torch.arange(n, device=f28.device, dtype=f28.dtype).repeat_interleave(k)
+        boxes = torch.cat([frame.unsqueeze(1), (xy - half).reshape(-1, 2), (xy + half).reshape(-1, 2)], 1)
+        out = roi_align(f28, boxes, output_size=self.crop_size, spatial_scale=1.0 / self.stride,
+                        sampling_ratio=-1, aligned=True)  # (N·K, C, 6, 6)
+        return out.unflatten(0, (n, k))
+
+    def forward(self, f28: torch.Tensor, centres: torch.Tensor,
+                sides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = self.crop(f28, centres, sides)  # (N, K, 512, 6, 6)
+        tau = torch.relu(self.tau(crops.flatten(2)))  # (N, K, 64)  τ_k, Eq. (2)
+        p = self.gate(crops)  # (N, K)  p_k, Eq. (1)
+        return p.unsqueeze(2) * tau, p  # α_k = p_k·τ_k, Eq. (3)
+
+
+class TemporalHead(nn.Module):
+    """Bi-LSTM over the frames (Sec. 3.4), dropout, then the three FC layers."""
+
+    def __init__(self, *, in_dim: int, hidden: int = 128, dropout: float = 0.5,
+                 fc_hidden: tuple[int, ...] = (128, 64), num_classes: int = 3) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        layers: list[nn.Module] = []
+        width = 2 * hidden
+        for h in fc_hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.fc = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x)  # h: (2, B, 128), final forward and backward states
+        z = torch.cat([h[0], h[1]], dim=1)  # (B, 256)
+        return self.fc(self.dropout(z))  # (B, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+
+
+class MERNet(nn.Module):
+    """Transfer layer + GIA + BIA + Bi-LSTM (Fig. 1). ``vgg_features``: a VGG16 ``features``
+    module (see ``load_vgg16_features``); its layers are shared, not copied."""
+
+    def __init__(self, *, config: ModelConfig, vgg_features: nn.Sequential) -> None:
+        super().__init__()
+        if len(vgg_features) < GIA_SLICE.stop:
+            raise ValueError(f"vgg_features has {len(vgg_features)} layers; need VGG16 features "
+                             f"(at least {GIA_SLICE.stop})")
+        self.config = config
+        ref = VGG16_WEIGHTS.transforms()
+        self.normalize = transforms_v2.Normalize(mean=list(ref.mean), std=list(ref.std))
+        self.transfer_layer = vgg_features[TRANSFER_SLICE]
+        self.gia = GlobalAttention(convs=vgg_features[GIA_SLICE], out_dim=config.global_dim,
+                                   gate_channels=config.gate_channels, gate_hidden=config.gate_hidden)
+        self.bia = (BlockAttention(blocks=config.blocks, crop=config.crop, out_dim=config.block_dim,
+                                   gate_channels=config.gate_channels, gate_hidden=config.gate_hidden)
+                    if config.blocks else None)
+        self.head = TemporalHead(in_dim=config.fused_dim, hidden=config.lstm_hidden,
+                                 dropout=config.dropout, fc_hidden=config.head_hidden,
+                                 num_classes=config.num_classes)
+        self.transfer_layer.requires_grad_(not config.freeze_transfer)
+        self.gia.convs.requires_grad_(not config.freeze_gia_convs)
+
+    # -- convolution stages (what the 'quick' profile caches) --------------------------------
+    def transfer(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, 224, 224) float RGB in [0, 1] -> (B, T, 512, 28, 28)."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
+        if not frames.is_floating_point():
+            raise TypeError(f"frames must be float RGB in [0, 1], got {frames.dtype}")
+        b, t = frames.shape[:2]
+        x = frames.flatten(0, 1)  # (B·T, 3, 224, 224)
+        if self.config.normalize_input:
+            x = self.normalize(x)
+        with _grad_for(self.transfer_layer):
+            x = self.transfer_layer(x)  # (B·T, 512, 28, 28)
+        return x.unflatten(0, (b, t))
+
+    def gia_convs(self, f28: torch.Tensor) -> torch.Tensor:
+        """(B, T, 512, 28, 28) -> (B, T, 512, 14, 14)."""
+        b, t = f28.shape[:2]
+        return self.gia.forward_convs(f28.flatten(0, 1)).unflatten(0, (b, t))
+
+    # -- features and head ----------------------------------------------------------------------
+    def _check_blocks(self, centres: torch.Tensor | None, sides: torch.Tensor | None,
+                      b: int, t: int) -> None:
+        k = self.config.blocks
+        if k == 0:
+            return
+        if centres is None or sides is None:
+            raise ValueError(f"blocks={k}: centres (B, T, K, 2) and sides (B, T, K) are required")
+        if tuple(centres.shape) != (b, t, k, 2):
+            raise ValueError(f"centres must be (B, T, K, 2) = {(b, t, k, 2)}, got {tuple(centres.shape)}")
+        if tuple(sides.shape) != (b, t, k):
+            raise ValueError(f"sides must be (B, T, K) = {(b, t, k)}, got {tuple(sides.shape)}")
+
+    def forward_features_from_maps(
+        self, f28: torch.Tensor | None, f14: torch.Tensor | None, centres: torch.Tensor | None,
+        sides: torch.Tensor | None, *, return_gates: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused per-frame features (B, T, 64·K + 512) from the 28×28 maps (needed when K > 0 or
+        f14 is None) and optionally the 14×14 maps. With ``return_gates`` also
+        {"global": p_g (B, T), "blocks": p_k (B, T, K)}."""
+        if f14 is None:
+            if f28 is None:
+                raise ValueError("forward_features_from_maps needs f28, or f14 when blocks=0")
+            f14 = self.gia_convs(f28)  # (B, T, 512, 14, 14)
+        b, t = f14.shape[:2]
+        g, p_g = self.gia(f14.flatten(0, 1))  # (B·T, 512), (B·T,)
+        parts = [g]
+        p_k = g.new_zeros(b * t, 0)
+        if self.bia is not None:
+            if f28 is None:
+                raise ValueError(f"blocks={self.config.blocks}: f28 (B, T, 512, 28, 28) is required")
+            self._check_blocks(centres, sides, b, t)
+            a, p_k = self.bia(f28.flatten(0, 1), centres.flatten(0, 1), sides.flatten(0, 1))  # (B·T, K, 64)
+            parts.insert(0, a.flatten(1))  # blocks first, then global (Fig. 1)
+        fused = torch.cat(parts, dim=1).unflatten(0, (b, t))  # (B, T, D)
+        if return_gates:
+            return fused, {"global": p_g.view(b, t), "blocks": p_k.view(b, t, -1)}
+        return fused
+
+    def forward_features(
+        self, frames: torch.Tensor, centres: torch.Tensor | None = None,
+        sides: torch.Tensor | None = None, *, return_gates: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, T, 3, 224, 224) -> fused per-frame features (B, T, D)."""
+        if self.config.blocks:
+            self._check_blocks(centres, sides, *frames.shape[:2])
+        f28 = self.transfer(frames)  # (B, T, 512, 28, 28)
+        return self.forward_features_from_maps(f28, None, centres, sides, return_gates=return_gates)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> logits (B, classes)."""
+        return self.head(features)
+
+    def forward_from_maps(self, f28: torch.Tensor | None, f14: torch.Tensor | None,
+                          centres: torch.Tensor | None = None,
+                          sides: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features_from_maps(f28, f14, centres, sides))
+
+    def forward(self, frames: torch.Tensor, centres: torch.Tensor | None = None,
+                sides: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(frames, centres, sides))
+
+
+def build_model(config: ModelConfig, *, weights: str | Path | None,
+                allow_random: bool = False) -> MERNet:
+    """``MERNet`` on VGG16 features from ``load_vgg16_features(weights, allow_random=…)``."""
+    return MERNet(config=config, vgg_features=load_vgg16_features(weights, allow_random=allow_random))
+
+
+# ---------------------------------------------------------------------------------------------
+# analytic cost
+
+
+def analytic_flops(config: ModelConfig, *, T: int = 10, train: bool = True) -> dict[str, Any]:
+    """Multiply-accumulates of one clip (T frames at 224×224), layer by layer.
+
+    Counting rule: only conv / linear / LSTM matrix products count (as FlopCounterMode does);
+    FLOPs = 2·MACs; ReLU, pooling, sigmoid, roi_align and the gating products are ignored.
+    Backward of a layer = its forward MACs for the weight gradient if it trains, plus its forward
+    MACs again for the input gradient if anything upstream of it trains. So frozen layers cost
+    nothing backward unless a trainable layer lies before them, and the very first layer
+    (conv1_1, fed by images) never computes an input gradient. ``train=False``: backward = 0.
+
+    Returns {"layers": [{name, part, macs, forward, backward}], "parts": {part: {forward,
+    backward}}, "forward", "backward", "total"} with FLOP counts per clip.
+    """
+    rows: list[tuple[str, str, int, bool, bool]] = []  # name, part, macs, trains, input_grad
+    upstream = False  # does anything before the current layer train?
+
+    # VGG layers, walked on a meta copy so the sizes come from torchvision's own definition.
+    conv_names = iter(["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                       "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2"])
+    size = IMAGE_SIZE
+    for i, layer in enumerate(_vgg16_features_skeleton()[:GIA_SLICE.stop]):
+        part = "transfer" if i < TRANSFER_SLICE.stop else "gia_convs"
+        trains = not (config.freeze_transfer if part == "transfer" else config.freeze_gia_convs)
+        if isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            macs = size * size * layer.out_channels * layer.in_channels * kh * kw * T
+            rows.append((next(conv_names), part, macs, trains, upstream))
+            upstream = upstream or trains
+        elif isinstance(layer, nn.MaxPool2d):
+            size //= 2
+    after_transfer = not config.freeze_transfer  # input of the BIA crops carries a gradient
+    after_convs = upstream  # input of the GIA head carries a gradient
+
+    c, g, gh = MAP_CHANNELS, config.gate_channels, config.gate_hidden
+    rows += [
+        ("tau_g", "gia_head", size * size * c * config.global_dim * T, True, after_convs),
+        ("phi_g.conv", "gia_head", size * size * c * g * T, True, after_convs),
+        ("phi_g.fc1", "gia_head", g * gh * T, True, True),
+        ("phi_g.fc2", "gia_head", gh * T, True, True),
+    ]
+    k, s = config.blocks, config.crop * config.crop
+    if k:
+        rows += [
+            ("tau_k", "bia", k * c * s * config.block_dim * T, True, after_transfer),
+            ("phi_k.conv", "bia", k * s * c * g * T, True, after_transfer),
+            ("phi_k.fc1", "bia", k * g * gh * T, True, True),
+            ("phi_k.fc2", "bia", k * gh * T, True, True),
+        ]
+    h = config.lstm_hidden
+    rows += [
+        ("lstm.input", "lstm", 2 * T * 4 * h * config.fused_dim, True, True),
+        ("lstm.recurrent", "lstm", 2 * T * 4 * h * h, True, True),
+    ]
+    width = 2 * h
+    for j, hidden in enumerate((*config.head_hidden, config.num_classes)):
+        rows.append((f"fc{j + 1}", "classifier", width * hidden, True, True))
+        width = hidden
+
+    layers, parts = [], {}
+    for name, part, macs, trains, input_grad in rows:
+        fwd = 2 * macs
+        bwd = (fwd * trains + fwd * input_grad) if train else 0
+        layers.append({"name": name, "part": part, "macs": macs, "forward": fwd, "backward": bwd})
+        acc = parts.setdefault(part, {"forward": 0, "backward": 0})
+        acc["forward"] += fwd
+        acc["backward"] += bwd
+    forward = sum(p["forward"] for p in parts.values())
+    backward = sum(p["backward"] for p in parts.values())
+    return {"layers": layers, "parts": parts, "forward": forward, "backward": backward,
+            "total": forward + backward, "T": T, "blocks": k}
