@@ -44,22 +44,57 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from merlib.preprocess.pipeline import main as preprocess_main
+def _synth(args: argparse.Namespace):
+    from merlib.config import SynthConfig
 
-    return preprocess_main(args)
+    return SynthConfig(preset=args.preset, seed=args.seed, layout=args.layout)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from merlib.experiment import prepare
+    from merlib.preprocess.pipeline import PreprocessConfig
+
+    apex = "detected" if args.dataset == "smic" else args.apex
+    prepared = prepare(args.dataset, args.data_root, synth=_synth(args),
+                       prep=PreprocessConfig(apex=apex), cache=args.cache, jobs=args.jobs)
+    m = prepared.manifest
+    ok = m["status"].eq("ok")
+    print(f"{prepared.spec.name}: {int(ok.sum())} clips preprocessed, {int((~ok).sum())} not "
+          f"usable; manifest {prepared.cache_dir}", file=sys.stderr)
+    for row in m[~ok].itertuples():
+        print(f"  {row.subject}/{row.clip}: {row.status}: {row.reason}", file=sys.stderr)
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from merlib.train import main as train_main
+    from merlib.experiment import prepare, train_variant
 
-    return train_main(args)
+    prepared = prepare(args.dataset, args.data_root, synth=_synth(args), cache=args.cache,
+                       jobs=args.jobs)
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    if args.weights:
+        overrides["weights"] = args.weights
+    _, summary = train_variant(prepared, blocks=args.blocks, profile=args.profile,
+                               out_dir=Path(args.out), **overrides)
+    pooled = summary["pooled"]
+    print(f"{prepared.spec.name} {summary['variant']} ({args.profile} profile, "
+          f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
+          f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
+          file=sys.stderr)
+    return 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from merlib.batch import main as reproduce_main
 
     return reproduce_main(args)
+
+
+def _synth_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("SynthME (only with --dataset synthme)")
+    g.add_argument("--preset", choices=["tiny", "demo"], default="tiny")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--layout", choices=["casme2", "samm", "smic"], default="casme2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--cache")
     s.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
-    s.add_argument("--apex", choices=["annotated", "detected"], default="annotated")
+    s.add_argument("--apex", choices=["annotated", "detected"], default="annotated",
+                   help="apex used downstream (SMIC always uses the detected one)")
+    _synth_args(s)
     s.set_defaults(func=_cmd_preprocess)
 
     s = sub.add_parser("train", help="LOSO training of one variant")
@@ -96,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=["quick", "paper"], default="quick")
     s.add_argument("--out", required=True)
     s.add_argument("--cache")
+    s.add_argument("--jobs", type=int, default=0, help="preprocessing workers (0: all cores)")
+    s.add_argument("--epochs", type=int, help="override the profile's epoch count")
+    s.add_argument("--weights", help="VGG16 weights: imagenet | random | auto | FILE.pth")
+    _synth_args(s)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("reproduce", help="run the notebooks in order for one dataset (papermill)")

@@ -203,3 +203,116 @@ def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: 
     for key, df in tables.items():
         write_table(df, out_dir, names[key], prov, paper_table=PAPER_TABLE.get(source), source=source)
     return tables
+
+
+# --------------------------------------------------------------------------- Tables 5-6, Figure 6
+
+VARIANT_NAMES = {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}
+METRICS = ("acc", "uf1", "uar")
+METRIC_LABEL = {"acc": "Acc", "uf1": "UF1", "uar": "UAR"}
+
+
+def paper_reference(dataset: str, source: str) -> tuple[str, bool]:
+    """Which paper column to show beside a run, and whether a difference is meaningful.
+
+    Real datasets compare with their own column. SynthME shows the column of the dataset whose
+    layout it was written in, for reference only: the numbers measure different data.
+    """
+    if dataset in ("casme2", "samm", "smic", "megc"):
+        return dataset, True
+    return source, False
+
+
+def load_predictions(run_dir: Path, blocks_list=(0, 24, 10), profile: str = "quick") -> dict[int, pd.DataFrame]:
+    """Pooled predictions of each variant found under ``run_dir/train/<profile>-blocks<K>``."""
+    out = {}
+    for k in blocks_list:
+        f = Path(run_dir) / "train" / f"{profile}-blocks{k}" / "predictions.csv"
+        if f.exists():
+            out[k] = pd.read_csv(f, dtype={"subject": str, "clip": str})
+    return out
+
+
+def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
+    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5."""
+    from merlib.metrics import compute_metrics
+
+    ref_ds, comparable = paper_reference(dataset, source)
+    ref = paper.table5()
+    ref = ref[ref["dataset"] == ref_ds].set_index(["blocks", "metric"])["value"]
+    rows = []
+    for k in (0, 24, 10):
+        if k not in preds:
+            continue
+        m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
+        row = {"variant": VARIANT_NAMES[k], "profile": profile, "clips": int(m["n"])}
+        for met in METRICS:
+            row[METRIC_LABEL[met]] = m[met]
+        for met in METRICS:
+            row[f"paper {METRIC_LABEL[met]}"] = ref[(k, met)]
+            if comparable:
+                row[f"diff {METRIC_LABEL[met]}"] = m[met] - ref[(k, met)]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: str) -> pd.DataFrame:
+    """The paper's comparison rows as reported, plus our measured 10-IB row."""
+    from merlib.metrics import compute_metrics
+
+    ref_ds, _ = paper_reference(dataset, source)
+    t6 = paper.table6()
+    t6 = t6[t6["dataset"] == ref_ds].assign(
+        ref=lambda d: d["ref"].map(lambda r: "" if pd.isna(r) else f"[{int(r)}]"))
+    wide = (t6.pivot(index=["method", "ref"], columns="metric", values="value")
+            .reindex(columns=list(METRICS)).reset_index())
+    order = {m: i for i, m in enumerate(dict.fromkeys(t6["method"]))}
+    wide = wide.sort_values("method", key=lambda s: s.map(order)).reset_index(drop=True)
+    wide = wide.rename(columns=METRIC_LABEL)
+    wide.columns.name = None
+    wide["origin"] = f"reported ({ref_ds} column of the paper)"
+    if preds10 is not None:
+        m = compute_metrics(preds10["y_true"], preds10["y_pred"])
+        wide.loc[len(wide)] = {"method": f"merlib 10 IBs on {dataset}", "ref": "",
+                               "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
+                               "origin": f"measured here ({profile} profile)"}
+    return wide
+
+
+def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """MEGC: metrics of each source's subset of the pooled predictions, per variant."""
+    from merlib.metrics import metrics_table
+
+    frames = []
+    for k in (0, 24, 10):
+        if k in preds:
+            t = metrics_table(preds[k], by="source").reset_index()
+            t.insert(0, "variant", VARIANT_NAMES[k])
+            frames.append(t)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def figure6(preds: dict[int, pd.DataFrame], *, title: str):
+    """The variants' confusion matrices side by side (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from merlib.metrics import compute_metrics, confusion
+
+    ks = [k for k in (0, 24, 10) if k in preds]
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 3.8), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        p = preds[k]
+        cm = confusion(p["y_true"], p["y_pred"])
+        m = compute_metrics(p["y_true"], p["y_pred"])
+        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True)
+        ax.set_title(f"{VARIANT_NAMES[k]}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
+                     fontsize=10)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pandas as pd
 import pytest
 
@@ -96,3 +98,75 @@ def test_paper_tables_are_internally_consistent():
     # Table 1 of the paper sums to 446 clips for a 255-clip dataset (DESIGN §3): keep it visible.
     assert paper.division("casme2")["count"].sum() == 446
     assert paper.megc_division().loc["fused", "total"] == 438
+
+
+def _preds(y_true, y_pred, source="casme2"):
+    n = len(y_true)
+    return pd.DataFrame({"subject": [f"s{i % 3}" for i in range(n)], "clip": [f"c{i}" for i in range(n)],
+                         "fold": [i % 3 for i in range(n)], "y_true": y_true, "y_pred": y_pred,
+                         "source": source})
+
+
+@pytest.fixture
+def three_variants():
+    truth = [0, 0, 0, 0, 1, 1, 2, 2]
+    return {0: _preds(truth, [0, 0, 1, 2, 1, 0, 2, 0]),   # 4/8 right
+            24: _preds(truth, [0, 0, 0, 1, 1, 1, 2, 0]),  # 6/8 right
+            10: _preds(truth, truth)}                     # perfect
+
+
+def test_table5_computes_ours_and_puts_paper_beside(three_variants):
+    t = report.table5(three_variants, dataset="casme2", source="casme2", profile="quick")
+    t = t.set_index("variant")
+    assert list(t.index) == ["Without IBs", "24 IBs", "10 IBs"]
+    assert t.loc["Without IBs", "Acc"] == pytest.approx(4 / 8)
+    assert t.loc["24 IBs", "Acc"] == pytest.approx(6 / 8)
+    # hand count, 24 IBs: recalls 3/4, 2/2, 1/2 -> UAR 3/4
+    assert t.loc["24 IBs", "UAR"] == pytest.approx(0.75)
+    assert t.loc["10 IBs", "UF1"] == 1.0
+    ref = paper.table5().query("dataset == 'casme2' and blocks == 10").set_index("metric")["value"]
+    assert t.loc["10 IBs", "paper UF1"] == ref["uf1"]
+    assert t.loc["10 IBs", "diff UF1"] == pytest.approx(1.0 - ref["uf1"])
+    assert (t["profile"] == "quick").all()
+
+
+def test_table5_on_synthme_shows_paper_for_reference_without_differences(three_variants):
+    t = report.table5(three_variants, dataset="synthme", source="casme2", profile="quick")
+    assert "paper Acc" in t.columns
+    assert not any(c.startswith("diff") for c in t.columns)
+
+
+def test_table6_keeps_reported_rows_and_adds_the_measured_one(three_variants):
+    t = report.table6(three_variants[10], dataset="casme2", source="casme2", profile="quick")
+    assert len(t) == 9 + 1  # eight methods + the paper's own row, then ours
+    assert t["origin"].str.startswith("reported").sum() == 9
+    last = t.iloc[-1]
+    assert last["origin"] == "measured here (quick profile)" and last["Acc"] == 1.0
+    gp = t[t["method"] == "GP"].iloc[0]
+    assert gp["ref"] == "[13]" and np.isnan(gp["Acc"]) and gp["UF1"] == 0.8459
+
+
+def test_per_source_subsets_of_pooled_predictions():
+    p = pd.concat([_preds([0, 1, 2], [0, 1, 2], "casme2"), _preds([0, 1, 2], [1, 1, 1], "smic")])
+    t = report.per_source_table({10: p}).set_index("source")
+    assert t.loc["casme2", "acc"] == 1.0
+    assert t.loc["smic", "acc"] == pytest.approx(1 / 3)
+    assert t.loc["all", "acc"] == pytest.approx(4 / 6)
+
+
+def test_figure6_has_one_heatmap_per_variant_and_is_written(three_variants, tmp_path):
+    fig = report.figure6(three_variants, title="t")
+    assert len(fig.axes) == 3
+    paths = report.write_figure(fig, tmp_path, "figure6", report.Provenance(dataset="x"))
+    assert paths["png"].stat().st_size > 0 and paths["pdf"].stat().st_size > 0
+    assert json.loads(paths["provenance"].read_text())["figure"] == "figure6"
+
+
+def test_load_predictions_finds_each_variant(tmp_path, three_variants):
+    for k, p in three_variants.items():
+        d = tmp_path / "train" / f"quick-blocks{k}"
+        d.mkdir(parents=True)
+        p.to_csv(d / "predictions.csv", index=False)
+    got = report.load_predictions(tmp_path)
+    assert sorted(got) == [0, 10, 24]
+    pd.testing.assert_frame_equal(got[24], three_variants[24])
