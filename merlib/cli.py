@@ -15,7 +15,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     try:
         index = build_index(args.dataset, args.data_root)
-    except DatasetNotFound as exc:
+    except (DatasetNotFound, ValueError) as exc:  # no dataset found, or a malformed sheet
         print(f"merlib index: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None

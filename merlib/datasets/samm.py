@@ -1,0 +1,109 @@
+"""SAMM: sheet ``SAMM_Micro_FACS_Codes*.xlsx`` (a title block, then the header: row 14 in v2) +
+``SAMM/006/006_1_2/006_05562.jpg`` (frame numbers zero-padded to 4 or 5 digits), 200 fps.
+
+The header row is found by its cells (``Filename`` and ``Onset Frame``), not by a fixed row.
+Subjects are canonicalised to three digits ('006') whether the sheet holds 6 or '006'. An apex
+outside onset-offset keeps the row usable, flagged ``apex_outside``. 'Others' is read as 'other'.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from merlib.datasets.layout import (DatasetNotFound, MAX_DEPTH, assess_clip, cell_text,
+                                    check_root, find_files, prune_subjects, parse_frame, read_sheet,
+                                    subject_number, to_index, walk_dirs)
+from merlib.datasets.schema import map_emotion
+
+FPS = 200
+SHEET_PATTERN = r"samm.*codes.*\.xlsx"
+SHEET_GLOB = "SAMM_Micro_FACS_Codes*.xlsx"
+FRAMES_DESC = ("a folder (preferably named SAMM) holding NNN subject folders: "
+               "SAMM/006/006_1_2/006_05562.jpg")
+REQUIRED = {
+    "subject": ("subject",),
+    "filename": ("filename",),
+    "onset": ("onsetframe", "onset"),
+    "apex": ("apexframe", "apex"),
+    "offset": ("offsetframe", "offset"),
+    "emotion": ("estimatedemotion", "emotion"),
+}
+OPTIONAL = {"action_units": ("actionunits", "aus", "au")}
+EMOTION_ALIASES = {"others": "other"}
+_SUBJECT_DIR = re.compile(r"\d{3}")
+
+
+def discover(root: Path) -> tuple[Path | None, Path | None]:
+    """(sheet, frames folder) below ``root``. The frames folder is one holding NNN folders that
+    in turn hold NNN_* clip folders; one named SAMM* is preferred, then the shallowest."""
+    found = []
+    for depth, folder, dirs, _ in walk_dirs(root, prune=prune_subjects):
+        subjects = [d for d in dirs if _SUBJECT_DIR.fullmatch(d)]
+        if subjects and any(re.match(r"\d{3}_", c.name) for c in (folder / subjects[0]).iterdir()
+                            if c.is_dir()):
+            found.append((not folder.name.lower().startswith("samm"), depth, str(folder), folder))
+    frames_root = min(found)[3] if found else None
+    sheets = find_files(root, SHEET_PATTERN, prune=prune_subjects)
+    sheet = max(sheets, key=lambda p: (p.name, -len(p.parts))) if sheets else None
+    return sheet, frames_root
+
+
+def looked_for(root: Path) -> str:
+    return (f"SAMM: looked for the sheet {SHEET_GLOB} and {FRAMES_DESC}, up to {MAX_DEPTH} "
+            f"folders below {root}")
+
+
+def build_rows(data_root) -> list[dict]:
+    root = check_root(data_root, looked_for)
+    sheet, frames_root = discover(root)
+    if sheet is None:
+        found = f" (found only the frames folder {frames_root})" if frames_root else ""
+        raise DatasetNotFound(looked_for(root) + f"; no coding sheet found{found}")
+    table = read_sheet(sheet, required=REQUIRED, optional=OPTIONAL,
+                       header_keys=("filename", "onsetframe"))
+    no_frames_note = "" if frames_root else f"no frames folder found ({looked_for(root)})"
+    base = frames_root or root / "SAMM"
+    rows = []
+    for rec in table.to_dict("records"):
+        problems = []
+        clip = cell_text(rec["filename"])
+        number = subject_number(rec["subject"])
+        if number is None and re.match(r"\d+_", clip):  # the file name starts with the subject
+            number = int(clip.split("_")[0])
+        subject = f"{number:03d}" if number is not None else cell_text(rec["subject"])
+        if number is None:
+            problems.append(f"subject {rec['subject']!r} is not a subject number")
+        if not clip:
+            problems.append("empty Filename")
+        onset, offset = parse_frame(rec["onset"]), parse_frame(rec["offset"])
+        for name, value in (("onset", onset), ("offset", offset)):
+            if value is None:
+                problems.append(f"{name} {cell_text(rec[name])!r} is not a frame number")
+        apex = parse_frame(rec["apex"])
+        raw_apex = cell_text(rec["apex"])
+        if apex is None and raw_apex not in ("", "/", "-"):
+            problems_note = f"apex {raw_apex!r} is not a frame number; treated as missing"
+        else:
+            problems_note = ""
+        emotion = cell_text(rec["emotion"]).lower()
+        emotion = EMOTION_ALIASES.get(emotion, emotion)
+        name = f"{subject}/{clip}"
+        reasons = [f"{name}: {p} in {sheet.name}" for p in problems]
+        if problems_note:
+            reasons.append(f"{name}: {problems_note}")
+        if no_frames_note:
+            reasons.append(no_frames_note)
+        rows.append({
+            "dataset": "samm", "source": "samm", "subject": subject, "clip": clip,
+            "emotion": emotion, "label": map_emotion("samm", emotion),
+            "onset": onset, "apex": apex, "offset": offset, "fps": FPS,
+            "status": "bad_annotation" if problems else "ok", "reason": "; ".join(reasons),
+            "flags": "", "frames_dir": str(base / subject / clip),
+        })
+    return rows
+
+
+def build_index(data_root) -> pd.DataFrame:
+    return to_index([assess_clip(r) for r in build_rows(data_root)])
