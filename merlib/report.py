@@ -316,3 +316,116 @@ def figure6(preds: dict[int, pd.DataFrame], *, title: str):
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- Figures 2 and 5
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def usable(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's processed clips, in a stable order."""
+    return (manifest[manifest["status"] == "ok"].sort_values(["subject", "clip"])
+            .reset_index(drop=True))
+
+
+def apex_error_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Detected apex (Eqs. 16-17) against the annotated apex, and against SynthME's ground truth.
+
+    Errors are in frames and as a fraction of the onset-offset span.
+    """
+    ok = usable(manifest)
+    rows = []
+    for ref, abs_col, rel_col in (("annotated apex", "apex_abs_err", "apex_rel_err"),
+                                  ("ground truth (SynthME)", "gt_abs_err", "gt_rel_err")):
+        if abs_col not in ok or ok[abs_col].isna().all():
+            continue
+        e = ok[abs_col].dropna().astype(float)
+        r = ok[rel_col].dropna().astype(float)
+        rows.append({"reference": ref, "clips": len(e), "MAE (frames)": e.mean(),
+                     "median (frames)": e.median(), "MAE (fraction of clip)": r.mean(),
+                     "within 3 frames": (e <= 3).mean(), "within 10% of clip": (r <= 0.1).mean()})
+    return pd.DataFrame(rows)
+
+
+def figure5(manifest: pd.DataFrame, *, n: int = 4):
+    """dif_i (Eq. 17) over each clip's onset-offset span, the chosen apex as a red line (Fig. 5)."""
+    import numpy as np
+
+    plt = _plt()
+    ok = usable(manifest).head(n)
+    fig, axes = plt.subplots(1, len(ok), figsize=(3.6 * len(ok), 2.8), squeeze=False)
+    for ax, row in zip(axes[0], ok.itertuples()):
+        with np.load(row.file) as z:
+            dif, nums = z["dif"], z["frame_numbers"]
+            detected, annotated = int(z["apex_detected"]), int(z["apex_annotated"])
+        ax.plot(nums, dif, color="0.2", lw=1)
+        ax.axvline(detected, color="red", lw=1.5, label=f"detected {detected}")
+        if annotated >= 0:
+            ax.axvline(annotated, color="tab:blue", ls="--", lw=1, label=f"annotated {annotated}")
+        gt = getattr(row, "gt_apex", float("nan"))
+        if pd.notna(gt) and int(gt) != annotated:
+            ax.axvline(int(gt), color="tab:green", ls=":", lw=1, label=f"true {int(gt)}")
+        ax.set_title(f"{row.subject}/{row.clip} ({row.label})", fontsize=9)
+        ax.set_xlabel("frame")
+        ax.legend(fontsize=7, loc="lower center")
+    axes[0][0].set_ylabel("dif (Eq. 17)")
+    fig.tight_layout()
+    return fig
+
+
+def tim_strip(clip_file: str | Path, *, title: str = ""):
+    """The 10 TIM frames (onset -> apex) of one clip, aligned to 224x224."""
+    import numpy as np
+
+    plt = _plt()
+    with np.load(clip_file) as z:
+        frames = z["frames"]
+    fig, axes = plt.subplots(1, len(frames), figsize=(1.5 * len(frames), 1.8))
+    for i, (ax, f) in enumerate(zip(axes, frames)):
+        ax.imshow(f)
+        ax.set_axis_off()
+        ax.set_title(str(i + 1), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure2(clip_file: str | Path, *, numbering: str = "fr72"):
+    """Figure 2 on a real aligned frame: (a) 68 points, (b) 72 points, (c) 24 IPs with 48x48
+    blocks, (d) 10 IPs with w x w blocks (w = |x55 - x49| / 2)."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    from merlib.preprocess.blocks import identification_points
+    from merlib.preprocess.landmarks import to68
+
+    plt = _plt()
+    with np.load(clip_file) as z:
+        frame, pts72 = z["frames"][0], z["landmarks"][0].astype(float)
+    pts68 = to68(pts72)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    panels = [("(a) 68 facial key points (dlib)", pts68, None),
+              ("(b) 72 facial key points (face_recognition)", pts72, None),
+              ("(c) 24 IPs, 48x48 blocks", *identification_points(pts72, scheme=24, numbering=numbering)),
+              ("(d) 10 IPs, w x w blocks", *identification_points(pts72, scheme=10, numbering=numbering))]
+    for ax, (title, pts, sides) in zip(axes, panels):
+        ax.imshow(frame)
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+        colour = "yellow" if sides is None else "red"
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, c=colour)
+        for k, (x, y) in enumerate(pts, start=1):
+            ax.annotate(str(k), (x, y), fontsize=5 if sides is None else 7, color=colour,
+                        xytext=(2, -2), textcoords="offset points")
+        if sides is not None:
+            for (x, y), s in zip(pts, sides):
+                ax.add_patch(Rectangle((x - s / 2, y - s / 2), s, s, fill=False, lw=0.8, ec="cyan"))
+    fig.tight_layout()
+    return fig

@@ -29,7 +29,7 @@ from sklearn.model_selection import LeaveOneGroupOut
 from torch import nn
 from tqdm.auto import tqdm
 
-from merlib.augment import AugmentConfig, augment_clip
+from merlib.augment import AugmentConfig, draw_affine, warp_frames, warp_points, warp_sides
 from merlib.config import CLASSES, save_config, to_jsonable
 from merlib.model import MERNet, ModelConfig, build_model
 
@@ -131,10 +131,15 @@ def make_model(model_cfg: ModelConfig, weights: str) -> tuple[MERNet, str]:
 
 @dataclass
 class Maps:
+    """Frozen-convolution outputs per clip and view, and each view's augmentation affine.
+
+    Block-scheme independent: the IP centres and sides of any scheme are carried through the
+    view's affine when a batch is drawn, so 0/10/24-block runs share one cache.
+    """
+
     f28: torch.Tensor          # (N, V, T, 512, 28, 28) float16
     f14: torch.Tensor | None   # (N, V, T, 512, 14, 14) float16, when GIA convs are frozen
-    centres: torch.Tensor      # (N, V, T, K, 2)
-    sides: torch.Tensor        # (N, V, T, K)
+    affines: torch.Tensor      # (N, V, 2, 3) float64, view v's pixel affine (view 0: identity)
 
 
 def _to_float(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -148,28 +153,25 @@ def compute_maps(model: nn.Module, clips: ClipSet, cfg: TrainConfig, device: tor
     """Run the frozen convolutions once per clip and view."""
     model.eval()
     n, t = clips.frames.shape[:2]
-    k = clips.centres.shape[2]
     f28 = torch.empty((n, cfg.views, t, 512, 28, 28), dtype=torch.float16)
     f14 = None if cfg.train_gia_convs else torch.empty((n, cfg.views, t, 512, 14, 14),
                                                        dtype=torch.float16)
-    centres = torch.empty((n, cfg.views, t, k, 2))
-    sides = torch.empty((n, cfg.views, t, k))
+    affines = torch.zeros((n, cfg.views, 2, 3), dtype=torch.float64)
     for i in tqdm(range(n), desc="frozen feature maps", disable=not progress, leave=False):
         rng = np.random.default_rng([cfg.seed, i])
         for v in range(cfg.views):
             if v == 0:
-                fr, c, s = clips.frames[i], clips.centres[i], clips.sides[i]
+                fr, affine = clips.frames[i], np.eye(3)[:2]
             else:
-                fr, c, s, _ = augment_clip(clips.frames[i], clips.centres[i], clips.sides[i], rng,
-                                           cfg.augment)
-            x = _to_float(fr, device)[None]                                 # (1, T, 3, 224, 224)
+                affine = draw_affine(rng, cfg.augment)
+                fr = warp_frames(clips.frames[i], affine)
+            x = _to_float(fr, device)[None]                                  # (1, T, 3, 224, 224)
             m28 = model.transfer(x)                                          # (1, T, 512, 28, 28)
             f28[i, v] = m28[0].to("cpu", torch.float16)
             if f14 is not None:
                 f14[i, v] = model.gia_convs(m28)[0].to("cpu", torch.float16)  # (T, 512, 14, 14)
-            centres[i, v] = torch.as_tensor(c, dtype=torch.float32)
-            sides[i, v] = torch.as_tensor(s, dtype=torch.float32)
-    return Maps(f28, f14, centres, sides)
+            affines[i, v] = torch.as_tensor(affine)
+    return Maps(f28, f14, affines)
 
 
 def maps_key(prep_key: str, clips: ClipSet, cfg: TrainConfig, weights_tag: str) -> str:
@@ -178,7 +180,7 @@ def maps_key(prep_key: str, clips: ClipSet, cfg: TrainConfig, weights_tag: str) 
                        "clips": hashlib.sha256("|".join(clips.meta["subject"] + "/" + clips.meta["clip"])
                                                .encode()).hexdigest(),
                        "gia_frozen": not cfg.train_gia_convs, "augment": to_jsonable(cfg.augment),
-                       "seed": cfg.seed, "blocks_key": 24 if cfg.blocks == 0 else cfg.blocks},
+                       "seed": cfg.seed},
                       sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -187,7 +189,7 @@ def load_or_compute_maps(model, clips, cfg, device, cache_file: Path | None, *, 
     if cache_file is not None and cache_file.exists():
         blob = torch.load(cache_file, weights_only=True)
         if blob["f28"].shape[0] == len(clips):
-            return Maps(blob["f28"], blob.get("f14"), blob["centres"], blob["sides"])
+            return Maps(blob["f28"], blob.get("f14"), blob["affines"])
     maps = compute_maps(model, clips, cfg, device, progress=progress)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -204,13 +206,18 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _batch(maps: Maps, idx: np.ndarray, views: np.ndarray, device: torch.device):
+def _batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray, device: torch.device):
+    """Maps of the drawn views, and the clips' IPs carried through the same views' affines."""
     f28 = maps.f28[idx, views].to(device, torch.float32)
     f14 = None if maps.f14 is None else maps.f14[idx, views].to(device, torch.float32)
-    return f28, f14, maps.centres[idx, views].to(device), maps.sides[idx, views].to(device)
+    affines = maps.affines[idx, views].numpy()                                # (B, 2, 3)
+    centres = np.stack([warp_points(clips.centres[i], a) for i, a in zip(idx, affines)])
+    sides = np.stack([warp_sides(clips.sides[i], a) for i, a in zip(idx, affines)])
+    return (f28, f14, torch.as_tensor(centres, dtype=torch.float32, device=device),
+            torch.as_tensor(sides, dtype=torch.float32, device=device))
 
 
-def fit_fold(model: nn.Module, maps: Maps, labels: np.ndarray, train_idx: np.ndarray,
+def fit_fold(model: nn.Module, maps: Maps, clips: ClipSet, labels: np.ndarray, train_idx: np.ndarray,
              cfg: TrainConfig, device: torch.device, *, progress: bool = True) -> list[float]:
     """Train on ``train_idx`` for exactly ``cfg.epochs`` epochs; returns the mean loss per epoch."""
     rng = np.random.default_rng(cfg.seed)
@@ -226,7 +233,7 @@ def fit_fold(model: nn.Module, maps: Maps, labels: np.ndarray, train_idx: np.nda
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             views = rng.integers(0, cfg.views, size=len(idx))
-            f28, f14, c, s = _batch(maps, idx, views, device)
+            f28, f14, c, s = _batch(maps, clips, idx, views, device)
             y = y_all[idx].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model.forward_from_maps(f28, f14, c, s)
@@ -242,14 +249,14 @@ def fit_fold(model: nn.Module, maps: Maps, labels: np.ndarray, train_idx: np.nda
 
 
 @torch.no_grad()
-def predict(model: nn.Module, maps: Maps, idx: np.ndarray, device: torch.device,
+def predict(model: nn.Module, maps: Maps, clips: ClipSet, idx: np.ndarray, device: torch.device,
             batch_size: int = 16) -> np.ndarray:
     """Class probabilities on view 0 (no augmentation) of ``idx``."""
     model.eval()
     out = []
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
-        f28, f14, c, s = _batch(maps, b, np.zeros(len(b), dtype=np.int64), device)
+        f28, f14, c, s = _batch(maps, clips, b, np.zeros(len(b), dtype=np.int64), device)
         out.append(torch.softmax(model.forward_from_maps(f28, f14, c, s).float(), dim=1).cpu())
     return torch.cat(out).numpy()
 
@@ -311,9 +318,9 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
         labels = clips.labels.copy()
         if cfg.shuffle_labels:  # permute only the training labels: the test labels stay true
             labels[train_idx] = np.random.default_rng(cfg.seed + fold).permutation(labels[train_idx])
-        losses = fit_fold(base, maps, labels, train_idx, replace(cfg, seed=cfg.seed + fold),
+        losses = fit_fold(base, maps, clips, labels, train_idx, replace(cfg, seed=cfg.seed + fold),
                           device, progress=progress)
-        probs = predict(base, maps, test_idx, device)
+        probs = predict(base, maps, clips, test_idx, device)
         fold_pred = clips.meta.iloc[test_idx].reset_index(drop=True).copy()
         fold_pred["fold"] = fold
         fold_pred["y_true"] = clips.labels[test_idx]

@@ -93,3 +93,13 @@ def test_strict_imagenet_weights_fail_with_the_looked_for_path(clips, tmp_path, 
     # auto falls back to random init and says so in the saved config
     run_loso(clips, _cfg(weights="auto"), tmp_path / "auto", progress=False)
     assert '"weights_used": "random (auto:' in (tmp_path / "auto" / "config.json").read_text()
+
+
+def test_variants_share_one_frozen_map_cache(tmp_path):
+    c10, c24 = _clips(10), _clips(24)
+    run_loso(c10, _cfg(blocks=10), tmp_path / "b10", maps_dir=tmp_path / "maps", progress=False)
+    run_loso(c24, _cfg(blocks=24), tmp_path / "b24", maps_dir=tmp_path / "maps", progress=False)
+    assert len(list((tmp_path / "maps").glob("maps-*.pt"))) == 1
+    blob = torch.load(next((tmp_path / "maps").glob("maps-*.pt")), weights_only=True)
+    assert tuple(blob["affines"].shape) == (6, 1, 2, 3)
+    np.testing.assert_allclose(blob["affines"][:, 0].numpy(), np.tile(np.eye(3)[:2], (6, 1, 1)))
