@@ -1,0 +1,303 @@
+"""SynthME: determinism, the real loaders read it, its ground truth is consistent with its pixels,
+its expressions are micro, learnable and detectable (calibration)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from merlib.datasets import build_index, read_frames
+from merlib.datasets import synth as S
+from merlib.datasets import synth_calibration as C
+
+TINY = S.PRESETS["tiny"]
+EXPECTED = {"negative": 6, "positive": 4, "surprise": 4}  # TINY.class_counts
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """layout -> root of SynthME tiny, seed 0, generated once per session (read-only)."""
+    roots = {}
+
+    def get(layout: str):
+        if layout not in roots:
+            roots[layout] = S.generate(tmp_path_factory.mktemp(f"synth-{layout}") / "data",
+                                       layout=layout, preset="tiny", seed=0)
+        return roots[layout]
+
+    return get
+
+
+def _file_hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ determinism
+
+def test_same_seed_same_bytes_whatever_the_worker_count(tiny, tmp_path):
+    import shutil
+
+    first = tiny("casme2")  # 2 render threads (the preset's)
+    # an incomplete copy (a frame lost) is regenerated in full, here with one render thread
+    shutil.copytree(first, tmp_path / "again")
+    next((tmp_path / "again").glob("CASME2_RAW_selected/sub02/*/*.jpg")).unlink()
+    again = S.generate(tmp_path / "again", layout="casme2", preset="tiny", seed=0, workers=1)
+    a, b = _file_hashes(first), _file_hashes(again)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    assert S.dataset_digest(first) == S.dataset_digest(again)
+    assert any(k.endswith(".xlsx") for k in a) and any(k.endswith(".npz") for k in a)
+
+
+def test_different_seeds_differ():
+    p0, p1 = S.plan_dataset("casme2", "tiny", 0), S.plan_dataset("casme2", "tiny", 1)
+    assert [(p.clip, p.onset, p.apex, p.amplitude) for p in p0] != \
+        [(p.clip, p.onset, p.apex, p.amplitude) for p in p1]
+    # same class counts whatever the seed
+    assert sorted(p.label for p in p0) == sorted(p.label for p in p1)
+    s0, s1 = S.make_subject(TINY, 0, 0), S.make_subject(TINY, 1, 0)
+    assert s0.identity == s1.identity and not np.array_equal(s0.neutral, s1.neutral)
+    f0 = S.render_clip(p0[0], TINY, 0).frames[0]
+    f1 = S.render_clip(p1[0], TINY, 1).frames[0]
+    assert f0.shape == f1.shape == (480, 640, 3) and not np.array_equal(f0, f1)
+
+
+# ------------------------------------------------------------------------------ layouts
+
+@pytest.mark.parametrize("layout", ["casme2", "samm", "smic"])
+def test_tiny_loads_through_the_real_loader(tiny, layout):
+    root = tiny(layout)
+    index = build_index(layout, root)
+    gt = S.load_groundtruth(root)
+    ok = index[index["status"] == "ok"]
+    assert ok["label"].value_counts().to_dict() == EXPECTED
+    excluded = index[index["status"] == "excluded"]
+    assert len(excluded) == (0 if layout == "smic" else TINY.n_others)
+    assert set(index["status"]) <= {"ok", "excluded"}  # nothing bad
+    assert index["subject"].nunique() == TINY.n_subjects
+    # every subject shows at least two of the three classes
+    assert ok.groupby("subject")["label"].nunique().min() >= 2
+    merged = index.merge(gt, on=["subject", "clip"], suffixes=("", "_gt"), validate="one_to_one")
+    assert len(merged) == len(index) == len(gt)
+    assert (merged["onset"] == merged["onset_gt"]).all()
+    assert (merged["offset"] == merged["offset_gt"]).all()
+    assert (merged["n_frames"] == merged["n_frames_gt"]).all()
+    assert (merged["label"] == merged["label_gt"]).all()
+    assert (merged["emotion"] == merged["emotion_gt"]).all()
+    if layout == "smic":
+        assert index["apex"].isna().all() and (index["fps"] == 100).all()
+    else:
+        assert (merged["apex"] == merged["apex_gt"]).all() and (index["fps"] == 200).all()
+
+
+def test_emotions_use_each_layouts_vocabulary(tiny):
+    casme = build_index("casme2", tiny("casme2"))
+    assert set(casme.loc[casme["label"] == "negative", "emotion"]) <= {"repression", "disgust"}
+    assert set(casme.loc[casme["status"] == "excluded", "emotion"]) == {"others"}
+    samm = build_index("samm", tiny("samm"))
+    assert set(samm.loc[samm["label"] == "negative", "emotion"]) <= \
+        {"anger", "contempt", "disgust", "fear", "sadness"}
+    assert set(samm.loc[samm["label"] == "positive", "emotion"]) == {"happiness"}
+    assert set(samm.loc[samm["status"] == "excluded", "emotion"]) == {"other"}
+
+
+def test_frames_are_recording_sized(tiny):
+    index = build_index("casme2", tiny("casme2"))
+    row = index.iloc[0]
+    frames = read_frames(row["frames_dir"], [int(row["onset"]), int(row["offset"])])
+    assert frames.shape == (2, 480, 640, 3)
+
+
+# ------------------------------------------------------------------------------ ground truth
+
+def test_groundtruth_is_consistent(tiny):
+    root = tiny("casme2")
+    gt = S.load_groundtruth(root)
+    assert list(gt.columns) == S.GT_COLUMNS
+    assert ((gt["onset"] < gt["apex"]) & (gt["apex"] < gt["offset"])).all()
+    for row in gt.itertuples():
+        clip = S.load_groundtruth(root, row.subject, row.clip)
+        n = row.offset - row.onset + 1
+        assert clip["landmarks"].shape == (n, 68, 2) and clip["jitter"].shape == (n, 2)
+        assert np.array_equal(clip["frame_numbers"], np.arange(row.onset, row.offset + 1))
+        s = clip["intensity"]
+        assert s[0] == 0 and s[-1] == pytest.approx(0, abs=1e-6)
+        assert int(clip["frame_numbers"][np.argmax(s)]) == row.apex and s.max() == pytest.approx(1)
+        assert clip["apex"] == row.apex and clip["aus"] == row.aus
+        # landmarks inside the frame, the face 190-250 px wide
+        assert (clip["landmarks"][..., 0] > 0).all() and (clip["landmarks"][..., 0] < 640).all()
+        assert (clip["landmarks"][..., 1] > 0).all() and (clip["landmarks"][..., 1] < 480).all()
+        assert 180 < clip["face_width"] < 260
+        assert np.abs(clip["jitter"]).max() <= TINY.jitter_max + 1e-6
+
+
+def test_timing_follows_casme2_and_smic_halves_it():
+    plans = S.plan_dataset("casme2", "demo", 0)
+    n = np.array([p.n_frames for p in plans])
+    rise = np.array([p.apex - p.onset for p in plans])
+    assert 52 <= np.median(n) <= 70
+    assert 30 <= np.percentile(n, 10) <= 50 and 80 <= np.percentile(n, 90) <= 110
+    assert 24 <= rise.mean() <= 40 and (rise < 10).any()
+    frac = np.array([(p.apex - p.onset) / (p.offset - p.onset) for p in plans])
+    assert 0.4 <= frac.mean() <= 0.6
+    assert all(p.onset < p.apex < p.offset for p in plans)
+    labels = [p.label for p in plans]
+    assert [labels.count(c) for c in ("negative", "positive", "surprise")] == [44, 16, 13]
+    smic = S.plan_dataset("smic", "demo", 0)
+    assert all(p.fps == 100 and p.onset < p.apex < p.offset for p in smic)
+    assert np.median([p.n_frames for p in smic]) == pytest.approx(np.median(n) / 2, abs=2)
+    assert "" not in {p.label for p in smic}  # SMIC has no 'others'
+
+
+def test_intensity_curve_known_values():
+    s = S.intensity_curve(11, 4, 6)
+    assert s[0] == 0 and s[4] == 1 and s[10] == pytest.approx(0, abs=1e-12)
+    assert s[2] == pytest.approx(0.5) and s[7] == pytest.approx(0.5)
+    assert (np.diff(s[:5]) > 0).all() and (np.diff(s[4:]) < 0).all()
+
+
+def test_forward_points_inverts_a_known_backward_map():
+    # out(x) = src(x + s*c + shift*mask): with a constant field c and mask 1,
+    # points move by -(s*c + shift)
+    fld = np.broadcast_to(np.float32([2.0, -1.0]), (60, 80, 2)).copy()
+    mask = np.ones((60, 80), np.float32)
+    pts = np.array([[20.0, 30.0], [50.5, 10.25]])
+    s = np.array([0.0, 0.5, 1.0])
+    shift = np.array([[0.0, 0.0], [0.3, -0.2], [1.0, 1.0]])
+    got = S.forward_points(pts, fld, scale=s, shift=shift, shift_mask=mask)
+    want = pts[None] - s[:, None, None] * np.array([2.0, -1.0]) - shift[:, None, :]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_dense_field_hits_its_values_and_vanishes_away_from_the_face():
+    lm = S.make_subject(TINY, 0, 0).landmarks
+    d = np.zeros((68, 2))
+    d[48] = [3.0, -2.0]
+    d[54] = [-3.0, -2.0]
+    fld = S.dense_field(lm, d, lm, (480, 640))
+    idx = [48, 54, 8, 27]
+    np.testing.assert_allclose(S.sample_field(fld, lm[idx]), d[idx], atol=0.3)
+    assert np.abs(fld[:5, :5]).max() == 0 and np.abs(fld[-5:, -5:]).max() == 0
+
+
+def test_close_control_points_are_merged_not_singular():
+    pts = np.array([[10.0, 10.0], [10.5, 10.0], [40.0, 40.0]])
+    vals = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+    p, v = S._merge_close(pts, vals)
+    np.testing.assert_allclose(p, [[10.25, 10.0], [40.0, 40.0]])
+    np.testing.assert_allclose(v, [[2.0, 0.0], [0.0, 1.0]])
+
+
+def test_groundtruth_landmarks_sit_on_the_moved_pixels():
+    """With noise and flicker off, the patch around a moving landmark at its apex position in the
+    apex frame matches the onset patch better than the same place does without the motion."""
+    clean = dataclasses.replace(TINY, noise_sigma_range=(0.0, 0.0), chroma_noise_sigma=0.0,
+                                flicker=0.0, amplitude_range=(5.5, 5.5))
+    plan = next(p for p in S.plan_dataset("casme2", clean, 0) if p.label == "surprise")
+    out = S.render_clip(plan, clean, 0)
+    lm, a = out.groundtruth["landmarks"], plan.apex - plan.onset
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)
+            for f in (out.frames[0], out.frames[a])]
+    motion = np.linalg.norm(lm[a] - lm[0], axis=1)
+    for i in np.argsort(motion)[-3:]:  # the three landmarks that move most
+        ref = cv2.getRectSubPix(grey[0], (15, 15), tuple(map(float, lm[0, i])))
+        moved = cv2.getRectSubPix(grey[1], (15, 15), tuple(map(float, lm[a, i])))
+        stayed = cv2.getRectSubPix(grey[1], (15, 15), tuple(map(float, lm[0, i])))
+        assert motion[i] > 3
+        assert np.abs(moved - ref).mean() < 0.5 * np.abs(stayed - ref).mean()
+
+
+def test_amplitude_is_micro(tiny):
+    check = C.amplitude_check(tiny("casme2"))
+    table = check["per_clip"]
+    assert check["max_motion_224"] <= 6.0
+    assert (table["max_motion_224"] > 1.0).all()  # and every clip really moves
+    # the recorded amplitude bounds the landmark motion (a few % of spline overshoot allowed)
+    assert (table["max_motion_224"] <= table["amplitude"] * 1.1).all()
+
+
+# ------------------------------------------------------------------------------ generation
+
+def test_complete_dataset_is_reused_not_regenerated(tiny):
+    root = tiny("casme2")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    from merlib.cli import main
+
+    assert main(["synth", "--out", str(root), "--layout", "casme2", "--preset", "tiny"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
+    marker = json.loads((root / S.MARKER).read_text())
+    assert marker["n_files"] == len(before) - 1 and marker["classes"]["excluded"] == 2
+    assert S.is_complete(root, layout="casme2", preset="tiny", seed=0)
+    assert not S.is_complete(root, layout="casme2", preset="tiny", seed=1)
+    assert not S.is_complete(root, layout="samm", preset="tiny", seed=0)
+
+
+def test_refuses_to_overwrite_other_content(tiny, tmp_path):
+    with pytest.raises(FileExistsError, match="different SynthME"):
+        S.generate(tiny("casme2"), layout="casme2", preset="tiny", seed=3)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="other files"):
+        S.generate(tmp_path / "mine", layout="casme2", preset="tiny")
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "keep me"
+
+
+def test_incomplete_dataset_is_not_taken_as_done(tiny, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny("samm"), copy)
+    assert S.is_complete(copy, layout="samm", preset="tiny", seed=0)
+    next(copy.glob("SAMM/*/*/*.jpg")).unlink()
+    assert not S.is_complete(copy, layout="samm", preset="tiny", seed=0)
+    (copy / S.MARKER).write_text("{not json")
+    assert not S.is_complete(copy, layout="samm", preset="tiny", seed=0)
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="layout 'casme3'"):
+        S.generate(tmp_path / "x", layout="casme3")
+    with pytest.raises(ValueError, match="preset 'huge'"):
+        S.generate(tmp_path / "x", preset="huge")
+    assert not (tmp_path / "x").exists()
+
+
+def test_no_face_gives_none():
+    assert S.detect_landmarks68(np.full((120, 160, 3), 128, np.uint8)) is None
+
+
+def test_base_faces_are_four_photographs_with_68_landmarks():
+    faces = S.base_faces()
+    assert [f.name for f in faces] == ["astronaut", "astronaut_mirrored", "grace_hopper",
+                                       "grace_hopper_mirrored"]
+    for f in faces:
+        assert f.landmarks.shape == (68, 2)
+        # dlib order: jaw runs left to right, the chin (point 9) is the lowest jaw point
+        assert f.landmarks[0, 0] < f.landmarks[16, 0]
+        assert f.landmarks[8, 1] == f.landmarks[:17, 1].max()
+    # the astronaut's face, not the false positive on her suit (top-left of the photo's lower half)
+    assert faces[0].landmarks[:, 1].max() < 256
+
+
+# ------------------------------------------------------------------------------ calibration
+
+def test_chance_uf1_known_values():
+    c = C.chance_uf1(["negative", "negative", "positive", "surprise"])
+    assert c["prior"] == pytest.approx(1 / 3)
+    assert c["uniform"] == pytest.approx((0.4 + 2 * (2 * 0.25 / 3) / (0.25 + 1 / 3)) / 3)
+    assert c["majority"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+
+
+def test_calibration_on_tiny(tiny):
+    root = tiny("casme2")
+    det = C.detection_rate(root, step=12)
+    assert det["frames_checked"] >= 2 * 14 and det["detection_rate"] >= 0.99
+    base = C.loso_baseline(root)
+    assert base["n_clips"] == 14 and base["n_subjects"] == 4
+    # 14 clips over 4 folds: a loose bound; bench/synth.py reports the demo figure
+    assert base["baseline_uf1"] >= base["chance_uf1"] + 0.15
