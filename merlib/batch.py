@@ -59,16 +59,31 @@ def run(cfg: BatchConfig, *, paths: Paths | None = None, kernel: str = KERNEL) -
     if not selected:
         raise SystemExit(f"no notebook matches --only {','.join(cfg.only)}")
     done = []
-    for nb in selected:
+    for nb, extra, out_name in _jobs(selected):
         t0 = time.time()
-        print(f"[merlib reproduce] {nb.name} -> {out_dir / nb.name}", file=sys.stderr, flush=True)
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=parameters(cfg),
+        out = out_dir / out_name
+        print(f"[merlib reproduce] {nb.name} {extra or ''} -> {out}", file=sys.stderr, flush=True)
+        pm.execute_notebook(str(nb), str(out), parameters={**parameters(cfg), **extra},
                             kernel_name=kernel, cwd=str(nb.parent), progress_bar=False,
                             log_output=False)
-        print(f"[merlib reproduce] {nb.name} done in {time.time() - t0:.0f} s", file=sys.stderr,
+        print(f"[merlib reproduce] {out_name} done in {time.time() - t0:.0f} s", file=sys.stderr,
               flush=True)
-        done.append(out_dir / nb.name)
+        done.append(out)
     return done
+
+
+TRAINING_PREFIX = "04"
+VARIANT_ORDER = (0, 24, 10)
+
+
+def _jobs(selected: list[Path]):
+    """(notebook, extra parameters, executed file name): the training notebook once per variant."""
+    for nb in selected:
+        if nb.name.startswith(TRAINING_PREFIX):
+            for k in VARIANT_ORDER:
+                yield nb, {"blocks": k}, f"{nb.stem}-blocks{k}.ipynb"
+        else:
+            yield nb, {}, nb.name
 
 
 def main(args: argparse.Namespace) -> int:

@@ -76,6 +76,22 @@ def train_variant(prepared: Prepared, *, blocks: int, profile: str = "quick",
     return pred, summary
 
 
+def ensure_variants(prepared: Prepared, *, profile: str = "quick", blocks=(0, 24, 10),
+                    paths: Paths | None = None, progress: bool = True, **overrides) -> dict[int, pd.DataFrame]:
+    """Pooled predictions of every variant, training (or resuming) those not finished yet."""
+    return {k: train_variant(prepared, blocks=k, profile=profile, paths=paths, progress=progress,
+                             **overrides)[0] for k in blocks}
+
+
+def provenance(prepared: Prepared, *, profile: str, **config):
+    """A provenance record started now, for the tables and figures of one notebook."""
+    from merlib.report import Provenance
+
+    return Provenance(dataset=prepared.spec.dataset, index_hash=index_hash(prepared.index),
+                      profile=profile,
+                      config={"data": prepared.spec, "preprocess": prepared.prep, **config})
+
+
 def per_fold_metrics(pred: pd.DataFrame) -> pd.DataFrame:
     """Acc / UF1 / UAR of each held-out subject (for inspection only; the result is the pooled row)."""
     rows = []

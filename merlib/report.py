@@ -429,3 +429,16 @@ def figure2(clip_file: str | Path, *, numbering: str = "fr72"):
                 ax.add_patch(Rectangle((x - s / 2, y - s / 2), s, s, fill=False, lw=0.8, ec="cyan"))
     fig.tight_layout()
     return fig
+
+
+def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per status: clips, face-detector calls per clip, frames that fell back to the previous
+    frame's landmarks."""
+    rows = []
+    for status, g in manifest.groupby("status", sort=False):
+        row = {"status": status, "clips": len(g)}
+        if status == "ok":
+            row["detector calls / clip"] = g["detector_calls"].mean()
+            row["landmark fallback frames"] = int(g["n_landmark_fallback"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -283,6 +283,12 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
     """Leave-one-subject-out training and pooled predictions, resuming finished folds."""
     out_dir = Path(out_dir)
     (out_dir / "folds").mkdir(parents=True, exist_ok=True)
+    subjects = clips.meta["subject"].to_numpy()
+    folds = list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
+    fold_dirs = [out_dir / "folds" / f"{i:03d}_{subjects[te[0]]}" for i, (_, te) in enumerate(folds)]
+    if all((d / "predictions.csv").exists() for d in fold_dirs):  # finished earlier: just pool
+        return _pool(fold_dirs, out_dir)
+
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -300,15 +306,11 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
     maps = load_or_compute_maps(base, clips, cfg, device, maps_file, progress=progress)
     init_state = {k: v.clone() for k, v in base.state_dict().items()}
 
-    subjects = clips.meta["subject"].to_numpy()
-    folds = list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
-    fold_files = []
     bar = tqdm(folds, desc=f"LOSO {cfg.profile} blocks={cfg.blocks}", disable=not progress)
     for fold, (train_idx, test_idx) in enumerate(bar):
         subject = subjects[test_idx[0]]
-        fold_dir = out_dir / "folds" / f"{fold:03d}_{subject}"
+        fold_dir = fold_dirs[fold]
         done = fold_dir / "predictions.csv"
-        fold_files.append(done)
         if done.exists():
             continue
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -337,8 +339,13 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
              "final_loss": losses[-1] if losses else None, "seconds": round(time.time() - t0, 2)},
             indent=2))
         _atomic_csv(fold_pred, done)  # written last: its presence marks the fold finished
-    # pooled from the files, so a resumed run and an uninterrupted one give identical tables
-    pooled = pd.concat([pd.read_csv(f, dtype={"subject": str, "clip": str}) for f in fold_files],
-                       ignore_index=True)
+    return _pool(fold_dirs, out_dir)
+
+
+def _pool(fold_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
+    """Pooled predictions read back from the fold files, so a resumed run and an uninterrupted
+    one give identical tables."""
+    pooled = pd.concat([pd.read_csv(d / "predictions.csv", dtype={"subject": str, "clip": str})
+                        for d in fold_dirs], ignore_index=True)
     _atomic_csv(pooled, out_dir / "predictions.csv")
     return pooled
