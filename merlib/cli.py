@@ -50,27 +50,38 @@ def _synth(args: argparse.Namespace):
     return SynthConfig(preset=args.preset, seed=args.seed, layout=args.layout)
 
 
-def _cmd_preprocess(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace, prep=None):
+    """Resolve, index and preprocess (cached); None after printing why, when the data are absent."""
+    from merlib.datasets import DatasetNotFound
     from merlib.experiment import prepare
-    from merlib.preprocess.pipeline import PreprocessConfig
 
-    apex = "detected" if args.dataset == "smic" else args.apex
-    prepared = prepare(args.dataset, args.data_root, synth=_synth(args),
-                       prep=PreprocessConfig(apex=apex), cache=args.cache, jobs=args.jobs)
+    try:
+        return prepare(args.dataset, args.data_root, synth=_synth(args), prep=prep,
+                       cache=args.cache, jobs=args.jobs)
+    except (DatasetNotFound, ValueError, FileExistsError) as exc:
+        print(f"merlib {args.command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from merlib.preprocess.pipeline import PreprocessConfig, manifest_path, summary
+
+    prep = PreprocessConfig(apex="detected" if args.dataset == "smic" else args.apex,
+                            scheme=args.scheme)
+    prepared = _prepare(args, prep)
+    if prepared is None:
+        return 2
     m = prepared.manifest
-    ok = m["status"].eq("ok")
-    print(f"{prepared.spec.name}: {int(ok.sum())} clips preprocessed, {int((~ok).sum())} not "
-          f"usable; manifest {prepared.cache_dir}", file=sys.stderr)
-    for row in m[~ok].itertuples():
-        print(f"  {row.subject}/{row.clip}: {row.status}: {row.reason}", file=sys.stderr)
-    return 0
+    print(summary(m, manifest_path(prepared.cache_dir, m["dataset"].iloc[0], prep)), file=sys.stderr)
+    return 0 if m["status"].eq("ok").any() else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from merlib.experiment import prepare, train_variant
+    from merlib.experiment import train_variant
 
-    prepared = prepare(args.dataset, args.data_root, synth=_synth(args), cache=args.cache,
-                       jobs=args.jobs)
+    prepared = _prepare(args)
+    if prepared is None:
+        return 2
     overrides = {"epochs": args.epochs} if args.epochs else {}
     if args.weights:
         overrides["weights"] = args.weights
@@ -123,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
     s.add_argument("--apex", choices=["annotated", "detected"], default="annotated",
                    help="apex used downstream (SMIC always uses the detected one)")
+    s.add_argument("--scheme", choices=["fr72", "dlib68"], default="fr72",
+                   help="point numbering the IPs read: the paper's 72 points, or dlib's 68")
     _synth_args(s)
     s.set_defaults(func=_cmd_preprocess)
 

@@ -336,3 +336,21 @@ def test_truncated_jpeg_names_the_file(fixture_root, tmp_path):
         read_frames(clip_dir, [4])
     with pytest.raises(FrameReadError, match="frame 9 is not in"):
         read_frames(clip_dir, [9])
+
+
+def test_truncated_frame_fails_even_after_face_recognition_is_imported(tmp_path):
+    # face_recognition's import sets PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True process-wide
+    import face_recognition  # noqa: F401
+    import numpy as np
+    from PIL import Image, ImageFile
+
+    from merlib.datasets import FrameReadError, read_frame
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    path = tmp_path / "img1.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(FrameReadError, match="img1.jpg"):
+        read_frame(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
+    ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from merlib.datasets.schema import FRAME_SUFFIXES, INDEX_COLUMNS, STATUS_CODES, frame_number
 
@@ -206,12 +206,18 @@ def read_frame(path: str | Path) -> np.ndarray:
     """One frame file as an (H, W, 3) uint8 RGB array; FrameReadError naming the file if the
     image is truncated or unreadable."""
     path = Path(path)
+    # face_recognition sets PIL's LOAD_TRUNCATED_IMAGES process-wide on import, which would let
+    # truncated frames decode silently with a grey bottom; be strict whatever was imported.
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as im:
             im.load()  # decodes fully: truncated files fail here, not later
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise FrameReadError(f"cannot read frame {path}: {exc}") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def read_frames(frames_dir: str | Path, numbers: Iterable[int]) -> np.ndarray:

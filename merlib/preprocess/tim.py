@@ -71,7 +71,7 @@ def tim_interpolate(frames: np.ndarray, n_out: int = 10) -> np.ndarray:
     out = np.empty((n_out, flat.shape[1]), dtype=frames.dtype)
     integer = np.issubdtype(frames.dtype, np.integer)
     lo, hi = (np.iinfo(frames.dtype).min, np.iinfo(frames.dtype).max) if integer else (None, None)
-    chunk = max(4096, _CHUNK_VALUES // n)
+    chunk = max(4096, _CHUNK_VALUES // max(n, n_out))  # bounded by the larger of in/out
     for start in range(0, flat.shape[1], chunk):
         part = w @ flat[:, start:start + chunk].astype(np.float64)    # (n_out, chunk)
         if integer:
