@@ -88,7 +88,7 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
     paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md",
              "provenance": out_dir / f"{name}.provenance.json"}
     _atomic_write(paths["csv"], df.to_csv(index=False))
-    _atomic_write(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    _atomic_write(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt, missingval="—") + "\n")
     _atomic_write(paths["provenance"],
                   json.dumps(prov.record(table=name, **extra), indent=2, sort_keys=True) + "\n")
     return paths
@@ -442,3 +442,18 @@ def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
             row["landmark fallback frames"] = int(g["n_landmark_fallback"].sum())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def calibration_table(figures: dict) -> pd.DataFrame:
+    """SynthME calibration (merlib.datasets.synth_calibration.calibrate) as check / measured /
+    target rows: is the synthetic set a fair stand-in for a micro-expression dataset?"""
+    rows = [
+        ("face found by face_recognition (HOG), sampled frames", figures["detection_rate"],
+         ">= 0.99", figures["detection_rate"] >= 0.99),
+        ("LOSO baseline UF1 (logistic regression, apex - onset)", figures["baseline_uf1"],
+         f"well above chance ({figures['chance_uf1']:.3f}) and < 1",
+         figures["chance_uf1"] + 0.15 <= figures["baseline_uf1"] < 1.0),
+        ("largest landmark motion, px at 224 face scale", figures["max_motion_224"], "<= 6",
+         figures["max_motion_224"] <= 6.0),
+    ]
+    return pd.DataFrame(rows, columns=["check", "measured", "target", "met"])

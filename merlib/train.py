@@ -58,7 +58,9 @@ class TrainConfig:
 PROFILES = {
     "paper": TrainConfig(profile="paper", epochs=100, views=16, train_gia_convs=True,
                          weights="imagenet"),
-    "quick": TrainConfig(profile="quick", epochs=12, views=2, train_gia_convs=False,
+    # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes. At this
+    # size the model does not fit (see docs/DECISIONS.md); quick shows the pipeline, not results.
+    "quick": TrainConfig(profile="quick", epochs=3, views=1, train_gia_convs=False,
                          weights="auto"),
 }
 
@@ -282,6 +284,7 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
              extra_config: dict | None = None) -> pd.DataFrame:
     """Leave-one-subject-out training and pooled predictions, resuming finished folds."""
     out_dir = Path(out_dir)
+    _check_resumable(out_dir, cfg)
     (out_dir / "folds").mkdir(parents=True, exist_ok=True)
     subjects = clips.meta["subject"].to_numpy()
     folds = list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
@@ -340,6 +343,20 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
             indent=2))
         _atomic_csv(fold_pred, done)  # written last: its presence marks the fold finished
     return _pool(fold_dirs, out_dir)
+
+
+def _check_resumable(out_dir: Path, cfg: TrainConfig) -> None:
+    """Resuming only continues the same experiment: finished folds of another configuration in
+    ``out_dir`` would otherwise be pooled with new ones."""
+    saved = out_dir / "config.json"
+    if not saved.exists():
+        return
+    before = json.loads(saved.read_text()).get("train")
+    now = json.loads(json.dumps(to_jsonable(cfg)))
+    if before != now:
+        changed = sorted(k for k in set(before or {}) | set(now) if (before or {}).get(k) != now.get(k))
+        raise ValueError(f"{out_dir} holds a run with another training configuration (differs in: "
+                         f"{', '.join(changed)}); use another output folder or delete this one")
 
 
 def _pool(fold_dirs: list[Path], out_dir: Path) -> pd.DataFrame:

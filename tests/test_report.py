@@ -170,3 +170,12 @@ def test_load_predictions_finds_each_variant(tmp_path, three_variants):
     got = report.load_predictions(tmp_path)
     assert sorted(got) == [0, 10, 24]
     pd.testing.assert_frame_equal(got[24], three_variants[24])
+
+
+def test_calibration_table_judges_each_check_against_its_target():
+    good = {"detection_rate": 0.995, "baseline_uf1": 0.7, "chance_uf1": 0.33, "max_motion_224": 5.9}
+    assert report.calibration_table(good)["met"].tolist() == [True, True, True]
+    bad = {"detection_rate": 0.98, "baseline_uf1": 1.0, "chance_uf1": 0.33, "max_motion_224": 6.5}
+    assert report.calibration_table(bad)["met"].tolist() == [False, False, False]
+    near_chance = dict(good, baseline_uf1=0.40)
+    assert report.calibration_table(near_chance)["met"].tolist() == [True, False, True]

@@ -103,3 +103,9 @@ def test_variants_share_one_frozen_map_cache(tmp_path):
     blob = torch.load(next((tmp_path / "maps").glob("maps-*.pt")), weights_only=True)
     assert tuple(blob["affines"].shape) == (6, 1, 2, 3)
     np.testing.assert_allclose(blob["affines"][:, 0].numpy(), np.tile(np.eye(3)[:2], (6, 1, 1)))
+
+
+def test_resuming_with_another_configuration_is_refused(clips, tmp_path):
+    run_loso(clips, _cfg(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="differs in: epochs"):
+        run_loso(clips, _cfg(epochs=2), tmp_path, progress=False)
