@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.datasets.layout import (DatasetNotFound, MAX_DEPTH, assess_clip, cell_text,
-                                    check_root, find_files, prune_subjects, parse_frame, read_sheet,
+from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet,
+                                    check_root, prune_subjects, parse_frame, read_sheet,
                                     subject_number, to_index, walk_dirs)
 from merlib.datasets.schema import map_emotion
 
@@ -56,9 +56,7 @@ def discover(root: Path) -> tuple[Path | None, Path | None]:
         if rank is not None:
             found.append((rank, depth, str(folder), folder))
     frames_root = min(found)[3] if found else None
-    sheets = find_files(root, SHEET_PATTERN, prune=prune_subjects)
-    sheet = max(sheets, key=lambda p: (p.name, -len(p.parts))) if sheets else None
-    return sheet, frames_root
+    return latest_sheet(root, SHEET_PATTERN), frames_root
 
 
 def looked_for(root: Path) -> str:
@@ -70,9 +68,7 @@ def build_rows(data_root) -> list[dict]:
     """One dict per sheet row (before the frame checks of :func:`assess_clip`)."""
     root = check_root(data_root, looked_for)
     sheet, frames_root = discover(root)
-    if sheet is None:
-        found = f" (found only the frames folder {frames_root})" if frames_root else ""
-        raise DatasetNotFound(looked_for(root) + f"; no coding sheet found{found}")
+    sheet = require_sheet(sheet, frames_root, looked_for(root))
     table = read_sheet(sheet, required=REQUIRED, optional=OPTIONAL,
                        header_keys=("subject", "filename"))
     no_frames_note = "" if frames_root else f"no frames folder found ({looked_for(root)})"

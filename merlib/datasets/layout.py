@@ -136,30 +136,27 @@ def is_blank(value) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def parse_frame(value) -> int | None:
-    """A sheet cell as a frame number: 46, 46.0, '46', ' 46 ' -> 46; anything else -> None."""
+def _integer_cell(value, text_pattern: str) -> int | None:
+    """A sheet cell as an integer: blank/bool -> None, whole numbers as such, text through
+    ``text_pattern`` (its first group holds the digits)."""
     if isinstance(value, bool) or is_blank(value):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return int(value) if float(value).is_integer() else None
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.0+)?", text):
-        return int(float(text))
-    return None
+    m = re.fullmatch(text_pattern, str(value).strip(), re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def parse_frame(value) -> int | None:
+    """A sheet cell as a frame number: 46, 46.0, '46', ' 46 ' -> 46; anything else -> None."""
+    return _integer_cell(value, r"(\d+)(?:\.0+)?")
 
 
 def subject_number(value) -> int | None:
     """6, 6.0, '6', '006', 'sub06', 's6' -> 6."""
-    if isinstance(value, bool) or is_blank(value):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return int(value) if float(value).is_integer() else None
-    m = re.fullmatch(r"(?:sub|s)?0*(\d+)(?:\.0+)?", str(value).strip(), re.IGNORECASE)
-    return int(m.group(1)) if m else None
+    return _integer_cell(value, r"(?:sub|s)?0*(\d+)(?:\.0+)?")
 
 
 def cell_text(value) -> str:
@@ -308,3 +305,18 @@ def to_index(rows: list[dict]) -> pd.DataFrame:
                 "flags", "frames_dir"):
         df[col] = df[col].fillna("").astype(str)
     return df.reset_index(drop=True)
+
+
+def latest_sheet(root: Path, pattern) -> Path | None:
+    """The coding sheet below ``root``: of several revisions the latest by name (names end in
+    their date), then the shallowest."""
+    sheets = find_files(root, pattern, prune=prune_subjects)
+    return max(sheets, key=lambda p: (p.name, -len(p.parts))) if sheets else None
+
+
+def require_sheet(sheet: Path | None, frames_root: Path | None, looked_for: str) -> Path:
+    """Without a coding sheet nothing can be labelled: fail, naming what was searched for."""
+    if sheet is None:
+        found = f" (found only the frames folder {frames_root})" if frames_root else ""
+        raise DatasetNotFound(looked_for + f"; no coding sheet found{found}")
+    return sheet
