@@ -117,10 +117,11 @@ def _emotion_summary(rows: pd.DataFrame) -> str:
     return ", ".join(f"{emo} {n}" for emo, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def class_division(index: pd.DataFrame, *, paper_source: str) -> pd.DataFrame:
+def class_division(index: pd.DataFrame, *, paper_source: str, comparable: bool = True) -> pd.DataFrame:
     """Per class: our usable count, the source emotions behind it, the paper's count, difference.
 
-    ``paper_source`` picks the paper table to compare with (casme2: Table 1, samm: 2, smic: 3).
+    ``paper_source`` picks the paper table to compare with (casme2: Table 1, samm: 2, smic: 3);
+    ``comparable=False`` (SynthME) leaves the difference out: the counts are of different data.
     """
     ok = index[index["status"] == "ok"]
     ref = paper.division(paper_source).set_index("label")
@@ -139,7 +140,8 @@ def class_division(index: pd.DataFrame, *, paper_source: str) -> pd.DataFrame:
     total = {"class": "total", "emotions (ours)": "", "ours": sum(r["ours"] for r in rows),
              "paper": sum(r["paper"] for r in rows), "emotions (paper)": ""}
     total["ours - paper"] = total["ours"] - total["paper"]
-    return pd.DataFrame(rows + [total])
+    table = pd.DataFrame(rows + [total])
+    return table if comparable else table.drop(columns="ours - paper")
 
 
 def megc_division(index: pd.DataFrame) -> pd.DataFrame:
@@ -192,8 +194,9 @@ def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: 
     tables: dict[str, pd.DataFrame] = {"status": status_summary(index),
                                        "flags": flags_summary(index),
                                        "unusable_rows": excluded_and_bad(index)}
+    comparable = paper_reference(dataset, source)[1]
     division = (megc_division(index) if source == "megc"
-                else class_division(index, paper_source=source))
+                else class_division(index, paper_source=source, comparable=comparable))
     names = {"status": "index_status", "flags": "index_flags", "unusable_rows": "unusable_rows",
              "division": f"table{PAPER_TABLE[source]}_division"}
     tables["division"] = division

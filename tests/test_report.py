@@ -179,3 +179,8 @@ def test_calibration_table_judges_each_check_against_its_target():
     assert report.calibration_table(bad)["met"].tolist() == [False, False, False]
     near_chance = dict(good, baseline_uf1=0.40)
     assert report.calibration_table(near_chance)["met"].tolist() == [True, False, True]
+
+
+def test_synthme_division_shows_the_paper_without_a_difference(casme_index):
+    table = report.class_division(casme_index, paper_source="casme2", comparable=False)
+    assert "ours - paper" not in table.columns and "paper" in table.columns

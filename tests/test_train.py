@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -60,14 +61,20 @@ def test_killed_run_resumes_at_the_first_unfinished_fold(clips, tmp_path):
     # a kill during fold 1: its predictions were never written (checkpoint may be half there)
     (folds[1] / "predictions.csv").unlink()
     (folds[2] / "predictions.csv").unlink()
-    (folds[1] / "checkpoint.pt").write_bytes(b"truncated")
+    (folds[1] / "checkpoint.pt.tmp").write_bytes(b"truncated")  # killed while saving
     resumed = run_loso(clips, _cfg(), tmp_path, progress=False)
     assert os.stat(kept).st_mtime_ns == stamp  # finished fold not redone
     pd.testing.assert_frame_equal(resumed, full)
 
 
+def test_quick_profile_keeps_no_checkpoints(clips, tmp_path):
+    run_loso(clips, _cfg(), tmp_path, progress=False)
+    assert not list(tmp_path.glob("folds/*/checkpoint.pt"))
+    assert all(json.loads(f.read_text())["checkpoint"] is False for f in tmp_path.glob("folds/*/fold.json"))
+
+
 def test_checkpoints_load_weights_only(tmp_path):
-    run_loso(_clips(24), _cfg(blocks=24), tmp_path, progress=False)
+    run_loso(_clips(24), _cfg(blocks=24, checkpoints=True), tmp_path, progress=False)
     ckpt = next((tmp_path / "folds").iterdir()) / "checkpoint.pt"
     blob = torch.load(ckpt, weights_only=True)
     assert blob["epochs"] == 1 and len(blob["losses"]) == 1
