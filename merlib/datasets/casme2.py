@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet,
-                                    check_root, prune_subjects, parse_frame, read_sheet,
+from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_frames,
+                                    check_root, prune_subjects, read_sheet,
                                     subject_number, to_index, walk_dirs)
 from merlib.datasets.schema import map_emotion
 
@@ -83,15 +83,8 @@ def build_rows(data_root) -> list[dict]:
             problems.append(f"subject {rec['subject']!r} is not a subject number")
         if not clip:
             problems.append("empty Filename")
-        onset, offset = parse_frame(rec["onset"]), parse_frame(rec["offset"])
-        for name, value in (("onset", onset), ("offset", offset)):
-            if value is None:
-                problems.append(f"{name} {cell_text(rec[name])!r} is not a frame number")
-        apex = parse_frame(rec["apex"])
-        notes = []
-        raw_apex = cell_text(rec["apex"])
-        if apex is None and raw_apex not in ("", "/"):
-            notes.append(f"apex {raw_apex!r} is not a frame number; treated as missing")
+        onset, apex, offset, frame_problems, notes = sheet_frames(rec)
+        problems += frame_problems
         emotion = cell_text(rec["emotion"]).lower()
         name = f"{subject}/{clip}"
         rows.append({

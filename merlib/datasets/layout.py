@@ -320,3 +320,20 @@ def require_sheet(sheet: Path | None, frames_root: Path | None, looked_for: str)
         found = f" (found only the frames folder {frames_root})" if frames_root else ""
         raise DatasetNotFound(looked_for + f"; no coding sheet found{found}")
     return sheet
+
+
+MISSING_APEX = ("", "/", "-")  # how the sheets write "no apex"
+
+
+def sheet_frames(rec: dict) -> tuple[int | None, int | None, int | None, list[str], list[str]]:
+    """(onset, apex, offset, problems, notes) of a sheet row with ``onset``/``apex``/``offset``
+    cells. Problems make the row unusable (``bad_annotation``); an unreadable apex is only a note:
+    the apex is then treated as missing and detected later."""
+    onset, offset = parse_frame(rec["onset"]), parse_frame(rec["offset"])
+    problems = [f"{name} {cell_text(rec[name])!r} is not a frame number"
+                for name, value in (("onset", onset), ("offset", offset)) if value is None]
+    apex = parse_frame(rec["apex"])
+    raw_apex = cell_text(rec["apex"])
+    notes = ([f"apex {raw_apex!r} is not a frame number; treated as missing"]
+             if apex is None and raw_apex not in MISSING_APEX else [])
+    return onset, apex, offset, problems, notes

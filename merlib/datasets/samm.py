@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet,
-                                    check_root, prune_subjects, parse_frame, read_sheet,
+from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_frames,
+                                    check_root, prune_subjects, read_sheet,
                                     subject_number, to_index, walk_dirs)
 from merlib.datasets.schema import map_emotion
 
@@ -73,22 +73,13 @@ def build_rows(data_root) -> list[dict]:
             problems.append(f"subject {rec['subject']!r} is not a subject number")
         if not clip:
             problems.append("empty Filename")
-        onset, offset = parse_frame(rec["onset"]), parse_frame(rec["offset"])
-        for name, value in (("onset", onset), ("offset", offset)):
-            if value is None:
-                problems.append(f"{name} {cell_text(rec[name])!r} is not a frame number")
-        apex = parse_frame(rec["apex"])
-        raw_apex = cell_text(rec["apex"])
-        if apex is None and raw_apex not in ("", "/", "-"):
-            problems_note = f"apex {raw_apex!r} is not a frame number; treated as missing"
-        else:
-            problems_note = ""
+        onset, apex, offset, frame_problems, notes = sheet_frames(rec)
+        problems += frame_problems
         emotion = cell_text(rec["emotion"]).lower()
         emotion = EMOTION_ALIASES.get(emotion, emotion)
         name = f"{subject}/{clip}"
         reasons = [f"{name}: {p} in {sheet.name}" for p in problems]
-        if problems_note:
-            reasons.append(f"{name}: {problems_note}")
+        reasons += [f"{name}: {n}" for n in notes]
         if no_frames_note:
             reasons.append(no_frames_note)
         rows.append({
