@@ -118,6 +118,16 @@ def to_jsonable(obj):
     return obj
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename, so a killed run
+    leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def save_config(path: Path, **configs) -> Path:
     """Write the resolved configs with the git commit and host, next to a result."""
     path = Path(path)
@@ -128,7 +138,4 @@ def save_config(path: Path, **configs) -> Path:
         "host": platform.platform(),
         **{name: to_jsonable(cfg) for name, cfg in configs.items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from merlib import metrics
-from merlib.config import Paths, SynthConfig
+from merlib.config import Paths, SynthConfig, atomic_write_text
 from merlib.datasets.resolve import DataSpec, index_hash, load_index, resolve
 from merlib.preprocess.pipeline import PreprocessConfig
 from merlib.preprocess.pipeline import run as preprocess_run
@@ -70,9 +70,7 @@ def train_variant(prepared: Prepared, *, blocks: int, profile: str = "quick",
     }
     if prepared.spec.dataset == "megc":
         summary["per_source"] = metrics.metrics_table(pred, by="source").to_dict(orient="records")
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    tmp.replace(out_dir / "metrics.json")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2, default=float) + "\n")
     return pred, summary
 
 

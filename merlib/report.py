@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from merlib import paper
-from merlib.config import CLASSES, git_commit, to_jsonable
+from merlib.config import CLASSES, atomic_write_text, git_commit, to_jsonable
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
             "opencv-python-headless", "face-recognition", "dlib-bin", "papermill")
@@ -74,12 +74,6 @@ class Provenance:
         }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
                 *, floatfmt: str = ".4f", **extra) -> dict[str, Path]:
     """``name.csv``, ``name.md`` and ``name.provenance.json`` in ``out_dir``."""
@@ -87,9 +81,9 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md",
              "provenance": out_dir / f"{name}.provenance.json"}
-    _atomic_write(paths["csv"], df.to_csv(index=False))
-    _atomic_write(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt, missingval="—") + "\n")
-    _atomic_write(paths["provenance"],
+    atomic_write_text(paths["csv"], df.to_csv(index=False))
+    atomic_write_text(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt, missingval="—") + "\n")
+    atomic_write_text(paths["provenance"],
                   json.dumps(prov.record(table=name, **extra), indent=2, sort_keys=True) + "\n")
     return paths
 
@@ -102,7 +96,7 @@ def write_figure(fig, out_dir: Path, name: str, prov: Provenance, **extra) -> di
              "provenance": out_dir / f"{name}.provenance.json"}
     fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
     fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None})
-    _atomic_write(paths["provenance"],
+    atomic_write_text(paths["provenance"],
                   json.dumps(prov.record(figure=name, **extra), indent=2, sort_keys=True) + "\n")
     return paths
 

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from merlib.augment import AugmentConfig, draw_affine, warp_frames, warp_points, warp_sides
-from merlib.config import CLASSES, save_config, to_jsonable
+from merlib.config import CLASSES, atomic_write_text, save_config, to_jsonable
 from merlib.model import MERNet, ModelConfig, build_model
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
@@ -267,12 +267,6 @@ def predict(model: nn.Module, maps: Maps, clips: ClipSet, idx: np.ndarray, devic
 
 # --------------------------------------------------------------------------- LOSO
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable weights only (frozen ones are rebuilt from the weights spec), as float16 to keep a
     3-variant LOSO run's checkpoints small; the predictions file is the record of the result."""
@@ -344,7 +338,8 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
             {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
              "losses": losses, "checkpoint": cfg.checkpoints, "seconds": round(time.time() - t0, 2)},
             indent=2))
-        _atomic_csv(fold_pred, done)  # written last: its presence marks the fold finished
+        # written last: its presence marks the fold finished
+        atomic_write_text(done, fold_pred.to_csv(index=False))
     return _pool(fold_dirs, out_dir)
 
 
@@ -367,5 +362,5 @@ def _pool(fold_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     one give identical tables."""
     pooled = pd.concat([pd.read_csv(d / "predictions.csv", dtype={"subject": str, "clip": str})
                         for d in fold_dirs], ignore_index=True)
-    _atomic_csv(pooled, out_dir / "predictions.csv")
+    atomic_write_text(out_dir / "predictions.csv", pooled.to_csv(index=False))
     return pooled

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from merlib.config import atomic_write_text
 from merlib.preprocess import align, landmarks
 from merlib.preprocess.apex import apex_error, detect_apex
 from merlib.preprocess.blocks import identification_points
@@ -265,9 +266,7 @@ def _write_npz(path: Path, arrays: dict) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
 def _json_default(obj):
@@ -483,10 +482,7 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
                 "n_frames_span", "n_frames_tim", "n_landmark_fallback", "detector_calls"):
         manifest[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v))
                                   else int(v) for v in manifest[col]], dtype="Int64")
-    path = folder / "manifest.csv"
-    tmp = path.with_name(path.name + ".tmp")
-    manifest.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_text(folder / "manifest.csv", manifest.to_csv(index=False))
     return manifest
 
 
