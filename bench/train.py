@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from merlib.model import ModelConfig, analytic_flops, build_model
-from merlib.train import PROFILES
+from merlib.train import PROFILES, make_optimizer
 
 
 def dataset_sizes() -> dict[str, tuple[int, int]]:
@@ -66,14 +66,13 @@ def step_throughput(blocks: int, *, batch: int, steps: int, device: torch.device
     sides = torch.full((batch, T, k), 48.0, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = make_optimizer(params, PROFILES["paper"])  # fused Adam, L2 as coupled weight decay
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model.forward_from_maps(f28, None, centres if blocks else None,
                                              sides if blocks else None)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        loss = loss + 1e-5 * sum(p.pow(2).sum() for p in params)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

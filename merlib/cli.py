@@ -85,10 +85,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs} if args.epochs else {}
     if args.weights:
         overrides["weights"] = args.weights
+    if args.inputs:
+        overrides["inputs"] = args.inputs
     _, summary = train_variant(prepared, blocks=args.blocks, profile=args.profile,
                                out_dir=Path(args.out), **overrides)
     pooled = summary["pooled"]
     print(f"{prepared.spec.name} {summary['variant']} ({args.profile} profile, "
+          f"inputs {summary['inputs']}, "
           f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
           f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
           file=sys.stderr)
@@ -149,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=0, help="preprocessing workers (0: all cores)")
     s.add_argument("--epochs", type=int, help="override the profile's epoch count")
     s.add_argument("--weights", help="VGG16 weights: imagenet | random | auto | FILE.pth")
+    s.add_argument("--inputs", choices=["frames", "onset_delta"],
+                   help="what the trainable part sees: the maps (paper's default) or the maps "
+                        "minus the onset frame's (quick's default; docs/DECISIONS.md)")
     _synth_args(s)
     s.set_defaults(func=_cmd_train)
 

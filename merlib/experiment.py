@@ -64,7 +64,8 @@ def train_variant(prepared: Prepared, *, blocks: int, profile: str = "quick",
     pred["dataset"] = prepared.spec.dataset
     summary = {
         "dataset": prepared.spec.dataset, "run": prepared.spec.name, "profile": profile,
-        "blocks": blocks, "variant": VARIANTS[blocks], "n_clips": int(len(pred)),
+        "blocks": blocks, "variant": VARIANTS[blocks], "inputs": cfg.inputs,
+        "n_clips": int(len(pred)),
         "n_folds": int(pred["fold"].nunique()), "wall_time_s": round(time.time() - t0, 1),
         "pooled": metrics.compute_metrics(pred["y_true"], pred["y_pred"]),
     }

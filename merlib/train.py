@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from merlib.augment import AugmentConfig, draw_affine, warp_frames, warp_points, warp_sides
 from merlib.config import CLASSES, atomic_write_text, save_config, to_jsonable
-from merlib.model import MERNet, ModelConfig, build_model
+from merlib.model import MERNet, ModelConfig, build_model, load_vgg16_features
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
+INPUTS = ("frames", "onset_delta")
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,24 @@ class TrainConfig:
     bf16: bool = True          # autocast on CUDA only
     shuffle_labels: bool = False  # sanity check: permute the training labels within each fold
     checkpoints: bool = True   # write each fold's trainable weights (~100-170 MB per fold)
+    inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
     augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUTS:
+            raise ValueError(f"TrainConfig.inputs must be one of {INPUTS}, got {self.inputs!r}")
 
 
 PROFILES = {
     "paper": TrainConfig(profile="paper", epochs=100, views=16, train_gia_convs=True,
                          weights="imagenet"),
-    # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes. At this
-    # size the model does not fit (see docs/DECISIONS.md); quick shows the pipeline, not results.
-    # Checkpoints are not kept: 30 folds of a demo run would take ~4 GB for models that do not fit.
-    "quick": TrainConfig(profile="quick", epochs=2, views=1, train_gia_convs=False,
-                         weights="auto", checkpoints=False),
+    # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes, with
+    # every convolution frozen and (without ImageNet weights) random. On such maps the static face
+    # swamps the micro-motion and the model does not fit in that budget; onset-relative maps let
+    # it learn (docs/DECISIONS.md, "What quick can show"). Not the paper's input: labelled so.
+    # Checkpoints are not kept: 30 folds of a demo run would take ~4 GB.
+    "quick": TrainConfig(profile="quick", epochs=5, views=1, train_gia_convs=False,
+                         weights="auto", checkpoints=False, inputs="onset_delta"),
 }
 
 
@@ -112,6 +120,14 @@ def load_clipset(manifest: pd.DataFrame, blocks: int) -> ClipSet:
 
 # --------------------------------------------------------------------------- model
 
+def random_vgg16_features() -> nn.Sequential:
+    """Random VGG16 weights as one fixed draw (seed 0), like a weights file: the frozen maps, and
+    their cache, do not change with the training seed, which only draws the trainable part."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return load_vgg16_features(None, allow_random=True)
+
+
 def make_model(model_cfg: ModelConfig, weights: str) -> tuple[MERNet, str]:
     """The model and a tag saying which VGG16 weights it really has.
 
@@ -120,13 +136,13 @@ def make_model(model_cfg: ModelConfig, weights: str) -> tuple[MERNet, str]:
     and the tag records which, so results never pass random features off as ImageNet ones.
     """
     if weights == "random":
-        return build_model(model_cfg, weights=None, allow_random=True), "random"
+        return MERNet(config=model_cfg, vgg_features=random_vgg16_features()), "random"
     if weights == "auto":
         try:
             return build_model(model_cfg, weights="imagenet"), "imagenet"
         except RuntimeError as exc:
             first_line = str(exc).split(". ")[0]
-            return (build_model(model_cfg, weights=None, allow_random=True),
+            return (MERNet(config=model_cfg, vgg_features=random_vgg16_features()),
                     f"random (auto: {first_line})")
     return build_model(model_cfg, weights=weights), str(weights)
 
@@ -179,12 +195,15 @@ def compute_maps(model: nn.Module, clips: ClipSet, cfg: TrainConfig, device: tor
 
 
 def maps_key(prep_key: str, clips: ClipSet, cfg: TrainConfig, weights_tag: str) -> str:
-    """Cache key of the frozen maps: preprocessing, clips, weights, views, augmentation, seed."""
+    """Cache key of the frozen maps: preprocessing, clips, weights, views, and the augmentation and
+    seed that draw views 1.. (with one view, the clip itself, neither matters; random VGG16
+    weights are a fixed draw, see :func:`random_vgg16_features`)."""
     spec = json.dumps({"prep": prep_key, "weights": weights_tag, "views": cfg.views,
                        "clips": hashlib.sha256("|".join(clips.meta["subject"] + "/" + clips.meta["clip"])
                                                .encode()).hexdigest(),
-                       "gia_frozen": not cfg.train_gia_convs, "augment": to_jsonable(cfg.augment),
-                       "seed": cfg.seed},
+                       "gia_frozen": not cfg.train_gia_convs,
+                       "augment": to_jsonable(cfg.augment) if cfg.views > 1 else None,
+                       "seed": cfg.seed if cfg.views > 1 else None},
                       sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -210,10 +229,61 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray, device: torch.device):
-    """Maps of the drawn views, and the clips' IPs carried through the same views' affines."""
-    f28 = maps.f28[idx, views].to(device, torch.float32)
+@dataclass(frozen=True)
+class MapInputs:
+    """What the trainable part sees of the cached maps, fit on a fold's training clips only.
+
+    ``frames`` (the paper): the maps as they are. ``onset_delta``: each frame's maps minus the
+    onset frame's maps of the same clip and view, divided by the standard deviation of those
+    differences over the training clips (one scalar per map level), so the micro-motion is not
+    swamped by the face's static appearance (docs/DECISIONS.md, "What quick can show").
+    """
+
+    inputs: str = "frames"
+    scale28: float = 1.0
+    scale14: float = 1.0
+
+    @classmethod
+    def fit(cls, moments: np.ndarray | None, train_idx: np.ndarray, inputs: str) -> "MapInputs":
+        """``moments``: :func:`delta_moments` of every clip; only ``train_idx`` rows are used."""
+        if inputs == "frames":
+            return cls("frames")
+        n, total, squares = moments[train_idx].sum(0)  # (3, 2): count, sum, sum of squares
+        std = np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0))
+        scale = np.where(std > 0, 1.0 / np.maximum(std, 1e-12), 1.0)
+        return cls(inputs, float(scale[0]), float(scale[1]))
+
+    def transform(self, f: torch.Tensor | None, level: int) -> torch.Tensor | None:
+        """(B, T, C, H, W) float maps -> what the model sees; ``level`` 28 or 14."""
+        if f is None or self.inputs == "frames":
+            return f
+        return (f - f[:, :1]) * (self.scale28 if level == 28 else self.scale14)
+
+
+def delta_moments(maps: Maps) -> np.ndarray:
+    """Per clip: count, sum and sum of squares of (frame − onset frame) over all views, frames and
+    map cells, for the 28×28 and 14×14 maps: (N, 3, 2) float64. Summed over a fold's training
+    clips they give that fold's standard deviation without touching the test subject."""
+    levels = [maps.f28, maps.f14]
+    out = np.zeros((maps.f28.shape[0], 3, 2))
+    for i in range(maps.f28.shape[0]):
+        for j, f in enumerate(levels):
+            if f is None:
+                out[i, 0, j] = 1.0
+                continue
+            d = f[i].float()
+            d = (d[:, 1:] - d[:, :1]).double()  # frame 0's difference is 0 by construction
+            out[i, :, j] = (d.numel(), d.sum().item(), d.square().sum().item())
+    return out
+
+
+def _batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray, device: torch.device,
+           inputs: MapInputs = MapInputs(), *, need_f28: bool = True):
+    """Maps of the drawn views, and the clips' IPs carried through the same views' affines.
+    ``need_f28=False`` (no blocks, GIA convs frozen) skips moving the 28×28 maps."""
+    f28 = maps.f28[idx, views].to(device, torch.float32) if need_f28 or maps.f14 is None else None
     f14 = None if maps.f14 is None else maps.f14[idx, views].to(device, torch.float32)
+    f28, f14 = inputs.transform(f28, 28), inputs.transform(f14, 14)
     affines = maps.affines[idx, views].numpy()                                # (B, 2, 3)
     centres = np.stack([warp_points(clips.centres[i], a) for i, a in zip(idx, affines)])
     sides = np.stack([warp_sides(clips.sides[i], a) for i, a in zip(idx, affines)])
@@ -221,12 +291,21 @@ def _batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray, devic
             torch.as_tensor(sides, dtype=torch.float32, device=device))
 
 
-def fit_fold(model: nn.Module, maps: Maps, clips: ClipSet, labels: np.ndarray, train_idx: np.ndarray,
-             cfg: TrainConfig, device: torch.device, *, progress: bool = True) -> list[float]:
-    """Train on ``train_idx`` for exactly ``cfg.epochs`` epochs; returns the mean loss per epoch."""
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam on CE + λ·Σ‖w‖²: the L2 term's gradient 2λw is Adam's (coupled) ``weight_decay`` =
+    2λ, applied inside the fused kernel instead of summing ~60 M squares in the graph."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=2 * cfg.l2, fused=True)
+
+
+def fit_fold(model: MERNet, maps: Maps, clips: ClipSet, labels: np.ndarray, train_idx: np.ndarray,
+             cfg: TrainConfig, device: torch.device, inputs: MapInputs = MapInputs(), *,
+             progress: bool = True) -> list[float]:
+    """Train on ``train_idx`` for exactly ``cfg.epochs`` epochs; returns the mean cross-entropy
+    per epoch (the L2 term is in the optimiser, see :func:`make_optimizer`)."""
     rng = np.random.default_rng(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = make_optimizer(params, cfg)
+    need_f28 = model.bia is not None or maps.f14 is None
     y_all = torch.as_tensor(labels)
     autocast = device.type == "cuda" and cfg.bf16
     losses = []
@@ -237,12 +316,11 @@ def fit_fold(model: nn.Module, maps: Maps, clips: ClipSet, labels: np.ndarray, t
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             views = rng.integers(0, cfg.views, size=len(idx))
-            f28, f14, c, s = _batch(maps, clips, idx, views, device)
+            f28, f14, c, s = _batch(maps, clips, idx, views, device, inputs, need_f28=need_f28)
             y = y_all[idx].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model.forward_from_maps(f28, f14, c, s)
             loss = nn.functional.cross_entropy(logits.float(), y)
-            loss = loss + cfg.l2 * sum(p.pow(2).sum() for p in params)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -253,14 +331,16 @@ def fit_fold(model: nn.Module, maps: Maps, clips: ClipSet, labels: np.ndarray, t
 
 
 @torch.no_grad()
-def predict(model: nn.Module, maps: Maps, clips: ClipSet, idx: np.ndarray, device: torch.device,
-            batch_size: int = 16) -> np.ndarray:
+def predict(model: MERNet, maps: Maps, clips: ClipSet, idx: np.ndarray, device: torch.device,
+            inputs: MapInputs = MapInputs(), batch_size: int = 16) -> np.ndarray:
     """Class probabilities on view 0 (no augmentation) of ``idx``."""
     model.eval()
     out = []
+    need_f28 = model.bia is not None or maps.f14 is None
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
-        f28, f14, c, s = _batch(maps, clips, b, np.zeros(len(b), dtype=np.int64), device)
+        f28, f14, c, s = _batch(maps, clips, b, np.zeros(len(b), dtype=np.int64), device, inputs,
+                                need_f28=need_f28)
         out.append(torch.softmax(model.forward_from_maps(f28, f14, c, s).float(), dim=1).cpu())
     return torch.cat(out).numpy()
 
@@ -304,6 +384,7 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
                  if maps_dir else None)
     maps = load_or_compute_maps(base, clips, cfg, device, maps_file, progress=progress)
     init_state = {k: v.clone() for k, v in base.state_dict().items()}
+    moments = delta_moments(maps) if cfg.inputs != "frames" else None
 
     bar = tqdm(folds, desc=f"LOSO {cfg.profile} blocks={cfg.blocks}", disable=not progress)
     for fold, (train_idx, test_idx) in enumerate(bar):
@@ -319,9 +400,10 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
         labels = clips.labels.copy()
         if cfg.shuffle_labels:  # permute only the training labels: the test labels stay true
             labels[train_idx] = np.random.default_rng(cfg.seed + fold).permutation(labels[train_idx])
+        inputs = MapInputs.fit(moments, train_idx, cfg.inputs)  # training subjects only
         losses = fit_fold(base, maps, clips, labels, train_idx, replace(cfg, seed=cfg.seed + fold),
-                          device, progress=progress)
-        probs = predict(base, maps, clips, test_idx, device)
+                          device, inputs, progress=progress)
+        probs = predict(base, maps, clips, test_idx, device, inputs)
         fold_pred = clips.meta.iloc[test_idx].reset_index(drop=True).copy()
         fold_pred["fold"] = fold
         fold_pred["y_true"] = clips.labels[test_idx]
@@ -336,7 +418,7 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
             tmp.replace(fold_dir / "checkpoint.pt")
         (fold_dir / "fold.json").write_text(json.dumps(
             {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
-             "losses": losses, "checkpoint": cfg.checkpoints, "seconds": round(time.time() - t0, 2)},
+             "inputs": dataclasses.asdict(inputs), "losses": losses, "checkpoint": cfg.checkpoints, "seconds": round(time.time() - t0, 2)},
             indent=2))
         # written last: its presence marks the fold finished
         atomic_write_text(done, fold_pred.to_csv(index=False))

@@ -116,3 +116,88 @@ def test_resuming_with_another_configuration_is_refused(clips, tmp_path):
     run_loso(clips, _cfg(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="differs in: epochs"):
         run_loso(clips, _cfg(epochs=2), tmp_path, progress=False)
+
+
+# --------------------------------------------------------------------------- onset-delta inputs
+
+def _maps(seed=0, n=4, v=2, t=3):
+    from merlib.train import Maps
+    g = torch.Generator().manual_seed(seed)
+    f28 = torch.rand((n, v, t, 2, 4, 4), generator=g).half()
+    f14 = torch.rand((n, v, t, 2, 2, 2), generator=g).half()
+    return Maps(f28, f14, torch.zeros((n, v, 2, 3), dtype=torch.float64))
+
+
+def test_onset_delta_scale_is_one_over_the_training_clips_delta_std():
+    from merlib.train import MapInputs, delta_moments
+    maps = _maps()
+    train = np.array([0, 2, 3])
+    fit = MapInputs.fit(delta_moments(maps), train, "onset_delta")
+    for f, scale in ((maps.f28, fit.scale28), (maps.f14, fit.scale14)):
+        d = f[train].double()
+        d = (d[:, :, 1:] - d[:, :, :1]).numpy()
+        assert scale == pytest.approx(1 / d.std(), rel=1e-9)
+
+
+def test_onset_delta_fit_ignores_the_held_out_clips():
+    from merlib.train import MapInputs, delta_moments
+    a, b = _maps(0), _maps(0)
+    b.f28[1] = b.f28[1] * 7  # only the held-out clip differs
+    b.f14[1] = 0
+    train = np.array([0, 2, 3])
+    assert MapInputs.fit(delta_moments(a), train, "onset_delta") == \
+        MapInputs.fit(delta_moments(b), train, "onset_delta")
+
+
+def test_onset_delta_transform_subtracts_the_onset_of_the_same_clip_and_view():
+    from merlib.train import MapInputs
+    f = torch.rand(2, 3, 2, 4, 4)  # (B, T, C, H, W)
+    out = MapInputs("onset_delta", scale28=2.0, scale14=5.0).transform(f, 28)
+    assert torch.count_nonzero(out[:, 0]) == 0
+    torch.testing.assert_close(out[1, 2], 2.0 * (f[1, 2] - f[1, 0]))
+    assert MapInputs("frames").transform(f, 28) is f  # the paper's inputs are left as they are
+
+
+def test_unknown_inputs_are_refused():
+    with pytest.raises(ValueError, match="inputs"):
+        profile_config("quick", inputs="optical_flow")
+
+
+def test_adam_weight_decay_equals_the_l2_term_of_the_loss():
+    """Coupled weight decay 2λ gives exactly the gradient of CE + λ·Σ‖w‖² (Sec. 4.3's loss)."""
+    from merlib.train import make_optimizer
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    cfg = profile_config("quick", lr=1e-2, l2=0.05)
+    nets = [torch.nn.Linear(5, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    explicit = torch.optim.Adam(nets[0].parameters(), lr=cfg.lr)
+    fused = make_optimizer(list(nets[1].parameters()), cfg)
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(nets[0](x), y)
+        loss = loss + cfg.l2 * sum(p.pow(2).sum() for p in nets[0].parameters())
+        explicit.zero_grad(); loss.backward(); explicit.step()
+        fused.zero_grad(); torch.nn.functional.cross_entropy(nets[1](x), y).backward(); fused.step()
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_random_vgg_weights_are_one_draw_and_the_seed_draws_only_the_trainable_part():
+    from merlib.model import ModelConfig
+    from merlib.train import make_model
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(make_model(ModelConfig(blocks=10, freeze_gia_convs=True), "random")[0])
+    a, b = (dict(m.named_parameters()) for m in models)
+    for name, p in a.items():
+        same = torch.equal(p, b[name])
+        assert same == (not p.requires_grad), name  # frozen VGG equal, trainable parts differ
+
+
+def test_maps_cache_key_depends_on_the_seed_only_through_augmented_views(clips):
+    from merlib.train import maps_key
+    key = lambda **kw: maps_key("prep", clips, _cfg(**kw), "random")  # noqa: E731
+    assert key(seed=0) == key(seed=1)                       # one view: the clip itself
+    assert key(seed=0, views=4) != key(seed=1, views=4)     # views 1.. are drawn from the seed
+    assert key(views=1) != key(views=4)

@@ -1,0 +1,39 @@
+"""`merlib train` end to end on the tiny SynthME, as CI runs it: generate, preprocess, LOSO."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from merlib.config import CLASSES
+
+
+def test_merlib_train_on_tiny_synthme(tmp_path):
+    env = {**os.environ, "MERLIB_DATA": str(tmp_path / "data"), "MERLIB_CACHE": str(tmp_path / "cache"),
+           "MERLIB_OUT": str(tmp_path / "out")}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "merlib", "train", "--dataset", "synthme",
+                           "--preset", "tiny", "--blocks", "10", "--profile", "quick",
+                           "--epochs", "1", "--jobs", "2", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "quick profile" in proc.stderr and "inputs onset_delta" in proc.stderr
+
+    pred = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "clip": str})
+    manifest = next((tmp_path / "cache").rglob("manifest.csv"))
+    usable = pd.read_csv(manifest, dtype={"subject": str, "clip": str}).query("status == 'ok'")
+    assert sorted(pred["clip"]) == sorted(usable["clip"])          # every usable clip, once
+    assert pred.groupby("fold")["subject"].nunique().eq(1).all()   # one subject per fold
+    assert pred["fold"].nunique() == usable["subject"].nunique()
+    assert {"dataset", "subject", "clip", "fold", "y_true", "y_pred",
+            *[f"p_{c}" for c in CLASSES]} <= set(pred.columns)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and metrics["inputs"] == "onset_delta"
+    assert metrics["n_clips"] == len(pred)
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1 and config["train"]["inputs"] == "onset_delta"
+    assert "git_commit" in config
