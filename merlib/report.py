@@ -230,6 +230,13 @@ def load_predictions(run_dir: Path, blocks_list=(0, 24, 10), profile: str = "qui
     return out
 
 
+def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
+    """The profile as tables show it, naming a non-paper input representation the run used."""
+    inputs = set(pred["inputs"]) if pred is not None and "inputs" in pred else {"frames"}
+    extra = sorted(inputs - {"frames"})
+    return f"{profile} ({', '.join(i.replace('_', '-') for i in extra)} maps)" if extra else profile
+
+
 def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
     """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5."""
     from merlib.metrics import compute_metrics
@@ -242,7 +249,8 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
         if k not in preds:
             continue
         m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
-        row = {"variant": VARIANT_NAMES[k], "profile": profile, "clips": int(m["n"])}
+        row = {"variant": VARIANT_NAMES[k], "profile": profile_label(preds[k], profile),
+               "clips": int(m["n"])}
         for met in METRICS:
             row[METRIC_LABEL[met]] = m[met]
         for met in METRICS:
@@ -272,7 +280,7 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
         m = compute_metrics(preds10["y_true"], preds10["y_pred"])
         wide.loc[len(wide)] = {"method": f"merlib 10 IBs on {dataset}", "ref": "",
                                "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
-                               "origin": f"measured here ({profile} profile)"}
+                               "origin": f"measured here ({profile_label(preds10, profile)} profile)"}
     return wide
 
 

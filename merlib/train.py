@@ -411,6 +411,7 @@ def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path 
         fold_pred[PROB_COLUMNS] = probs
         fold_pred["profile"] = cfg.profile
         fold_pred["blocks"] = cfg.blocks
+        fold_pred["inputs"] = cfg.inputs
         if cfg.checkpoints:
             tmp = fold_dir / "checkpoint.pt.tmp"
             torch.save({"model": _trainable_state(base), "fold": fold, "subject": subject,

@@ -184,3 +184,14 @@ def test_calibration_table_judges_each_check_against_its_target():
 def test_synthme_division_shows_the_paper_without_a_difference(casme_index):
     table = report.class_division(casme_index, paper_source="casme2", comparable=False)
     assert "ours - paper" not in table.columns and "paper" in table.columns
+
+
+def test_tables_name_a_non_paper_input_representation(three_variants):
+    runs = {k: p.assign(inputs="onset_delta") for k, p in three_variants.items()}
+    t5 = report.table5(runs, dataset="synthme", source="casme2", profile="quick")
+    assert (t5["profile"] == "quick (onset-delta maps)").all()
+    t6 = report.table6(runs[10], dataset="synthme", source="casme2", profile="quick")
+    assert t6.iloc[-1]["origin"] == "measured here (quick (onset-delta maps) profile)"
+    paper_inputs = {k: p.assign(inputs="frames") for k, p in three_variants.items()}
+    assert (report.table5(paper_inputs, dataset="casme2", source="casme2",
+                          profile="paper")["profile"] == "paper").all()
