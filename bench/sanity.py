@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/sanity.py [--preset demo] [--blocks 10] [--seeds 3]
                                      [--epochs N] [--lr X] [--inputs frames|onset_delta]
-                                     [--json FILE]
+                                     [--json FILE] [--no-table]
 
 Trains one variant with LOSO on SynthME ``--seeds`` times with the true labels and as many times
 with the training labels permuted inside every fold (test labels stay true). The seed draws the
@@ -11,6 +11,9 @@ pooled UF1 / UAR / Acc of every run, their mean and spread, and the chance level
 guessing. With true labels UF1 should be far above chance. With shuffled labels it should fall to
 chance, which shows that nothing about the held-out subject leaks into training. One run is a
 noisy draw (73 clips, a few hundred steps): the means are the figures to read.
+
+The summary is also written as ``tables/<run>/sanity.{csv,md}`` with its provenance (the README
+shows the demo's), unless ``--no-table``.
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from merlib.config import CLASSES, SynthConfig
 from merlib.datasets.synth_calibration import chance_uf1
-from merlib.experiment import prepare, train_variant
+from merlib.config import Paths
+from merlib.experiment import prepare, provenance, train_variant
+from merlib.report import write_table
 
 
 def _sd(a: np.ndarray) -> str:
@@ -40,11 +46,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--inputs", choices=["frames", "onset_delta"])
-    ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    ap.add_argument("--no-table", action="store_true", help="do not write tables/<run>/sanity.*")
     args = ap.parse_args()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs))
                  if v is not None}
     prepared = prepare("synthme", synth=SynthConfig(preset=args.preset), progress=False)
+    prov = provenance(prepared, profile=args.profile, blocks=args.blocks, seeds=args.seeds,
+                      overrides=overrides)
     runs = [(shuffle, s) for shuffle in (False, True) for s in range(args.seeds)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,11 +72,22 @@ def main() -> None:
     chance = chance_uf1(pred["y_true"].map(dict(enumerate(CLASSES))))
     print(f"chance UF1 of label-blind guessing: prior {chance['prior']:.3f}, uniform "
           f"{chance['uniform']:.3f}, majority {chance['majority']:.3f}")
-    for kind in ("true", "shuffled"):
-        uf1 = np.array([r["uf1"] for r in rows if r["labels"] == kind])
-        uar = np.array([r["uar"] for r in rows if r["labels"] == kind])
-        print(f"{kind:>8} labels: UF1 mean {uf1.mean():.3f} (sd {_sd(uf1)}, min {uf1.min():.3f}, "
-              f"max {uf1.max():.3f})  UAR mean {uar.mean():.3f} (sd {_sd(uar)})  n={len(uf1)}")
+    summary = []
+    for kind, label in (("true", "true"), ("shuffled", "shuffled inside every fold")):
+        runs_k = pd.DataFrame([r for r in rows if r["labels"] == kind])
+        summary.append({"training labels": label, "runs": len(runs_k),
+                        "UF1 mean": runs_k["uf1"].mean(), "UF1 min": runs_k["uf1"].min(),
+                        "UF1 max": runs_k["uf1"].max(), "UAR mean": runs_k["uar"].mean(),
+                        "Acc mean": runs_k["acc"].mean()})
+        print(f"{kind:>8} labels: UF1 mean {runs_k['uf1'].mean():.3f} (sd {_sd(runs_k['uf1'].to_numpy())}, "
+              f"min {runs_k['uf1'].min():.3f}, max {runs_k['uf1'].max():.3f})  "
+              f"UAR mean {runs_k['uar'].mean():.3f}  n={len(runs_k)}")
+    summary.append({"training labels": "none: label-blind guessing at the class prior", "runs": 0,
+                    "UF1 mean": chance["prior"]})
+    if not args.no_table:
+        out = write_table(pd.DataFrame(summary), Paths.from_env().tables_for(prepared.spec.name),
+                          "sanity", prov, runs=rows, chance_uf1=chance)
+        print(f"wrote {out['md']}")
     if args.json:
         args.json.write_text(json.dumps({"run": prepared.spec.name, "blocks": args.blocks,
                                          "profile": args.profile, "overrides": overrides,
