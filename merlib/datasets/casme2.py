@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_frames,
+from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_row,
                                     check_root, prune_subjects, read_sheet,
                                     subject_number, to_index, walk_dirs)
-from merlib.datasets.schema import map_emotion
 
 FPS = 200
 SHEET_PATTERN = r"casme2?[-_ ]?coding.*\.xlsx"
@@ -75,27 +74,12 @@ def build_rows(data_root) -> list[dict]:
     base = frames_root or root / "CASME2_RAW_selected"
     rows = []
     for rec in table.to_dict("records"):
-        problems = []
         number = subject_number(rec["subject"])
         subject = f"sub{number:02d}" if number is not None else cell_text(rec["subject"])
-        clip = cell_text(rec["filename"])
-        if number is None:
-            problems.append(f"subject {rec['subject']!r} is not a subject number")
-        if not clip:
-            problems.append("empty Filename")
-        onset, apex, offset, frame_problems, notes = sheet_frames(rec)
-        problems += frame_problems
-        emotion = cell_text(rec["emotion"]).lower()
-        name = f"{subject}/{clip}"
-        rows.append({
-            "dataset": "casme2", "source": "casme2", "subject": subject, "clip": clip,
-            "emotion": emotion, "label": map_emotion("casme2", emotion),
-            "onset": onset, "apex": apex, "offset": offset, "fps": FPS,
-            "status": "bad_annotation" if problems else "ok",
-            "reason": "; ".join([f"{name}: {p} in {sheet.name}" for p in problems + notes]
-                                + ([no_frames_note] if no_frames_note else [])),
-            "flags": "", "frames_dir": str(base / subject / clip),
-        })
+        problems = [] if number is not None else [f"subject {rec['subject']!r} is not a subject number"]
+        rows.append(sheet_row(rec, dataset="casme2", subject=subject, clip=cell_text(rec["filename"]),
+                              emotion=cell_text(rec["emotion"]).lower(), problems=problems,
+                              sheet=sheet, frames_base=base, fps=FPS, no_frames_note=no_frames_note))
     return rows
 
 

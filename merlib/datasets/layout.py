@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from merlib.datasets.schema import FRAME_SUFFIXES, INDEX_COLUMNS, STATUS_CODES, frame_number
+from merlib.datasets.schema import FRAME_SUFFIXES, INDEX_COLUMNS, STATUS_CODES, frame_number, map_emotion
 
 MAX_DEPTH = 4  # how deep below --data-root discovery looks
 # Subject folders of any source (CASME II subNN, SAMM NNN, SMIC sN): discovery never walks into
@@ -337,3 +337,24 @@ def sheet_frames(rec: dict) -> tuple[int | None, int | None, int | None, list[st
     notes = ([f"apex {raw_apex!r} is not a frame number; treated as missing"]
              if apex is None and raw_apex not in MISSING_APEX else [])
     return onset, apex, offset, problems, notes
+
+
+def sheet_row(rec: dict, *, dataset: str, subject: str, clip: str, emotion: str, problems: list[str],
+              sheet: Path, frames_base: Path, fps: int, no_frames_note: str = "") -> dict:
+    """One index row of a coding-sheet clip (CASME II, SAMM), before :func:`assess_clip`: frames
+    from the onset/apex/offset cells, and a reason naming the clip and the sheet. ``problems``:
+    what the loader already found wrong with the row (e.g. its subject cell)."""
+    problems = list(problems)
+    if not clip:
+        problems.append("empty Filename")
+    onset, apex, offset, frame_problems, notes = sheet_frames(rec)
+    problems += frame_problems
+    name = f"{subject}/{clip}"
+    reasons = [f"{name}: {p} in {sheet.name}" for p in problems + notes]
+    if no_frames_note:
+        reasons.append(no_frames_note)
+    return {"dataset": dataset, "source": dataset, "subject": subject, "clip": clip,
+            "emotion": emotion, "label": map_emotion(dataset, emotion),
+            "onset": onset, "apex": apex, "offset": offset, "fps": fps,
+            "status": "bad_annotation" if problems else "ok", "reason": "; ".join(reasons),
+            "flags": "", "frames_dir": str(frames_base / subject / clip)}

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_frames,
+from merlib.datasets.layout import (MAX_DEPTH, assess_clip, cell_text, latest_sheet, require_sheet, sheet_row,
                                     check_root, prune_subjects, read_sheet,
                                     subject_number, to_index, walk_dirs)
-from merlib.datasets.schema import map_emotion
 
 FPS = 200
 SHEET_PATTERN = r"samm.*codes.*\.xlsx"
@@ -63,32 +62,16 @@ def build_rows(data_root) -> list[dict]:
     base = frames_root or root / "SAMM"
     rows = []
     for rec in table.to_dict("records"):
-        problems = []
         clip = cell_text(rec["filename"])
         number = subject_number(rec["subject"])
         if number is None and re.match(r"\d+_", clip):  # the file name starts with the subject
             number = int(clip.split("_")[0])
         subject = f"{number:03d}" if number is not None else cell_text(rec["subject"])
-        if number is None:
-            problems.append(f"subject {rec['subject']!r} is not a subject number")
-        if not clip:
-            problems.append("empty Filename")
-        onset, apex, offset, frame_problems, notes = sheet_frames(rec)
-        problems += frame_problems
+        problems = [] if number is not None else [f"subject {rec['subject']!r} is not a subject number"]
         emotion = cell_text(rec["emotion"]).lower()
-        emotion = EMOTION_ALIASES.get(emotion, emotion)
-        name = f"{subject}/{clip}"
-        reasons = [f"{name}: {p} in {sheet.name}" for p in problems]
-        reasons += [f"{name}: {n}" for n in notes]
-        if no_frames_note:
-            reasons.append(no_frames_note)
-        rows.append({
-            "dataset": "samm", "source": "samm", "subject": subject, "clip": clip,
-            "emotion": emotion, "label": map_emotion("samm", emotion),
-            "onset": onset, "apex": apex, "offset": offset, "fps": FPS,
-            "status": "bad_annotation" if problems else "ok", "reason": "; ".join(reasons),
-            "flags": "", "frames_dir": str(base / subject / clip),
-        })
+        rows.append(sheet_row(rec, dataset="samm", subject=subject, clip=clip,
+                              emotion=EMOTION_ALIASES.get(emotion, emotion), problems=problems,
+                              sheet=sheet, frames_base=base, fps=FPS, no_frames_note=no_frames_note))
     return rows
 
 
