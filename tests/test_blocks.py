@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from merlib.preprocess.blocks import identification_points
+from merlib.preprocess.blocks import SCHEMES, identification_points
 from merlib.preprocess.landmarks import to72
 
 
@@ -80,6 +80,52 @@ def test_dlib68_reading_of_a_72_point_array():
                                identification_points(d68, scheme=10, numbering="dlib68").centres)
 
 
+def test_gacnn24_reads_dlib68_with_ip24_above_the_right_corner():
+    # gACNN's converter (PG-CNN convert_point/pts68_24): dlib-68 numbers, (x55 + 16, y55 - 16).
+    expected = list(EXPECTED_24)
+    expected[23] = (55 + 16, 110 - 16)
+    ips = identification_points(_numbered(68), scheme=24, numbering="gacnn24")
+    np.testing.assert_allclose(ips.centres, expected)
+    np.testing.assert_allclose(ips.sides, 48.0)
+
+
+def test_gacnn24_mouth_points_are_symmetric_above_the_corners():
+    # A face whose mouth corners are mirror images about x = 100 (dlib order).
+    rng = np.random.default_rng(1)
+    d68 = rng.uniform(40, 180, size=(68, 2))
+    d68[48], d68[54] = (80.0, 150.0), (120.0, 150.0)       # points 49 and 55
+    ip23, ip24 = identification_points(d68, scheme=24, numbering="gacnn24").centres[22:24]
+    assert ip23[0] + ip24[0] == pytest.approx(2 * 100.0)    # mirrored about the mouth centre
+    assert ip23[1] == ip24[1] == pytest.approx(150.0 - 16)  # both 16 px above (y grows down)
+    assert ip23[0] == pytest.approx(80.0 - 16) and ip24[0] == pytest.approx(120.0 + 16)
+    # The printed Eq. 5 puts IP24 16 px below the corner instead; everything else is the same.
+    printed = identification_points(d68, scheme=24, numbering="dlib68").centres
+    np.testing.assert_allclose(printed[23], (136.0, 166.0))
+    gacnn = identification_points(d68, scheme=24, numbering="gacnn24").centres
+    np.testing.assert_allclose(printed[:23], gacnn[:23])
+
+
+def test_gacnn24_of_a_72_point_array_uses_the_lower_lip():
+    d68 = _numbered(68)
+    ips = identification_points(to72(d68), scheme=24, numbering="gacnn24").centres
+    np.testing.assert_allclose(ips[14], _pt(59))            # IP15 = dlib 59, lower lip
+    np.testing.assert_allclose(ips[15], _pt(57))            # IP16 = dlib 57, lower lip
+    np.testing.assert_allclose(ips[17], _mid(18, 59))       # IP18 pairs with the same 59
+    np.testing.assert_allclose(ips[21], _mid(27, 57))       # IP22 with the same 57
+    # The 10 IPs use points <= 55 only: all readings agree.
+    ref = identification_points(d68, scheme=10, numbering="dlib68").centres
+    for numbering in SCHEMES:
+        pts = d68 if numbering != "fr72" else to72(d68)
+        ips10 = identification_points(pts, scheme=10, numbering=numbering)
+        np.testing.assert_allclose(ips10.centres, ref)
+
+
+def test_schemes_list_the_readings_with_the_paper_first():
+    assert SCHEMES[0] == "fr72" and set(SCHEMES) == {"fr72", "dlib68", "gacnn24"}
+    # The default reading is the paper's printed one.
+    np.testing.assert_allclose(identification_points(_numbered(72), scheme=24).centres, EXPECTED_24)
+
+
 def test_time_axis_is_kept():
     rng = np.random.default_rng(0)
     seq = rng.uniform(0, 224, size=(7, 72, 2))
@@ -107,6 +153,7 @@ def test_width_is_absolute():
     (np.zeros((72, 2)), dict(scheme=12)),
     (np.zeros((72, 2)), dict(scheme=10, numbering="ibug")),
     (np.zeros((70, 2)), dict(scheme=24, numbering="dlib68")),
+    (np.zeros((70, 2)), dict(scheme=24, numbering="gacnn24")),
 ])
 def test_bad_input_raises(points, kwargs):
     with pytest.raises(ValueError):

@@ -309,7 +309,7 @@ def test_cache_key_follows_the_config(tmp_path):
     base = PreprocessConfig()
     assert base.key() == PreprocessConfig().key() and len(base.key()) == 10
     variants = [PreprocessConfig(apex="detected"), PreprocessConfig(scheme="dlib68"),
-                PreprocessConfig(lwm_neighbors=8), PreprocessConfig(n_frames=8),
+                PreprocessConfig(scheme="gacnn24"), PreprocessConfig(lwm_neighbors=8), PreprocessConfig(n_frames=8),
                 PreprocessConfig(size=112), PreprocessConfig(version=2)]
     keys = {v.key() for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys

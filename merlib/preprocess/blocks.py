@@ -1,13 +1,16 @@
 """Identification points (IPs) and block sides (paper Sec. 3.2.2-3.2.3), in aligned coordinates.
 
-Point numbers below are the paper's, 1-based (``landmarks.p``). ``numbering`` says how they are
-read off the landmark array:
+Point numbers below are the paper's, 1-based (``landmarks.p``). ``numbering`` names the reading
+of those numbers (one of ``SCHEMES``, ``PreprocessConfig.scheme``):
 
-- ``"fr72"`` (default, the paper): the 72 face_recognition key points.
+- ``"fr72"`` (default, the paper as printed): the 72 face_recognition key points, Eqs. 4-5.
 - ``"dlib68"``: dlib's 68 points, as in gACNN where the 24-IP scheme comes from. Points 1-55 are
   the same in both; the 24-IP scheme also uses 57 and 59, inner upper-lip points in fr72 but
   lower-lip points in dlib68. The 10-IP scheme uses only points <= 55, so both agree there.
   A (..., 72, 2) array read with ``"dlib68"`` is first converted back to dlib order.
+- ``"gacnn24"``: gACNN's own converter (PG-CNN ``convert_point/pts68_24``): dlib68, and Eq. 5 as
+  (x55 + 16, y55 - 16), so IP23 and IP24 sit symmetrically above the two mouth corners. The
+  10-IP scheme is the same as dlib68's.
 
 24 IPs (block side 48): IP1-16 = points 19, 22, 23, 26, 39, 37, 44, 46, 28, 30, 49, 51, 53, 55,
 59, 57. IP17-22 are midpoints of point pairs. The paper lists the pairs (20,38), (41,42), (18,59)
@@ -15,7 +18,8 @@ for the left side and (25,45), (47,48), (27,57) for the right, then the IP numbe
 20, 21 and 22"; we pair the two lists in the order printed, so IP17 = mid(20,38),
 IP18 = mid(18,59), IP19 = mid(41,42), IP20 = mid(25,45), IP21 = mid(47,48), IP22 = mid(27,57).
 IP23 = (x49 - 16, y49 - 16) and IP24 = (x55 + 16, y55 + 16), Eqs. 4-5 as printed (image y grows
-downwards, so IP23 sits above-left of the left mouth corner and IP24 below-right of the right one).
+downwards, so IP23 sits above-left of the left mouth corner and IP24 below-right of the right one;
+``"gacnn24"`` puts IP24 above-right instead).
 
 10 IPs (block side w = |x55 - x49| / 2 for all ten, per frame): IP1 = p49, IP2 = p55,
 IP3 = (x9 - w/2, y9) (Eq. 12), IP4 = (x32 - w/2, y32) (Eq. 10), IP5 = (x36 + w/2, y36) (Eq. 11),
@@ -34,6 +38,8 @@ BLOCK_SIDE_24 = 48.0
 MOUTH_OFFSET_24 = 16.0                                      # Eqs. 4-5
 IP24_POINTS = (19, 22, 23, 26, 39, 37, 44, 46, 28, 30, 49, 51, 53, 55, 59, 57)   # IP1-16
 IP24_PAIRS = ((20, 38), (18, 59), (41, 42), (25, 45), (47, 48), (27, 57))       # IP17-22
+# Point readings, the choices of PreprocessConfig.scheme (and the CLI); the first is the default.
+SCHEMES = ("fr72", "dlib68", "gacnn24")
 
 
 class IdentificationPoints(NamedTuple):
@@ -50,13 +56,13 @@ def _as_numbering(points: np.ndarray, numbering: str) -> np.ndarray:
         if n != 72:
             raise ValueError(f"numbering 'fr72' needs 72 points, got {n}")
         return points
-    if numbering == "dlib68":
+    if numbering in ("dlib68", "gacnn24"):
         if n == 72:
             return to68(points)
         if n != 68:
-            raise ValueError(f"numbering 'dlib68' needs 68 (or 72) points, got {n}")
+            raise ValueError(f"numbering {numbering!r} needs 68 (or 72) points, got {n}")
         return points
-    raise ValueError(f"numbering must be 'fr72' or 'dlib68', got {numbering!r}")
+    raise ValueError(f"numbering must be one of {SCHEMES}, got {numbering!r}")
 
 
 def _mid(pts: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -68,11 +74,13 @@ def _shift(pt: np.ndarray, dx, dy=0.0) -> np.ndarray:
                          axis=-1)
 
 
-def _ips24(pts: np.ndarray) -> IdentificationPoints:
+def _ips24(pts: np.ndarray, numbering: str) -> IdentificationPoints:
     centres = [p(pts, k) for k in IP24_POINTS]
     centres += [_mid(pts, a, b) for a, b in IP24_PAIRS]
     centres.append(_shift(p(pts, 49), -MOUTH_OFFSET_24, -MOUTH_OFFSET_24))   # Eq. 4
-    centres.append(_shift(p(pts, 55), MOUTH_OFFSET_24, MOUTH_OFFSET_24))     # Eq. 5
+    # Eq. 5 as printed is +16 in y (below the corner); gACNN's converter uses -16, mirroring Eq. 4.
+    dy24 = -MOUTH_OFFSET_24 if numbering == "gacnn24" else MOUTH_OFFSET_24
+    centres.append(_shift(p(pts, 55), MOUTH_OFFSET_24, dy24))                # Eq. 5
     c = np.stack(centres, axis=-2)
     return IdentificationPoints(c, np.full(c.shape[:-1], BLOCK_SIDE_24))
 
@@ -99,11 +107,12 @@ def identification_points(points: np.ndarray, *, scheme: int,
                           numbering: str = "fr72") -> IdentificationPoints:
     """IP centres (..., K, 2) and block sides (..., K) from landmarks (..., 72 or 68, 2).
 
-    ``scheme`` is 24 or 10 (K); any leading axes (e.g. time) are kept.
+    ``scheme`` is 24 or 10 (K); ``numbering`` one of ``SCHEMES``; any leading axes (e.g. time)
+    are kept.
     """
     pts = _as_numbering(points, numbering)
     if scheme == 24:
-        return _ips24(pts)
+        return _ips24(pts, numbering)
     if scheme == 10:
         return _ips10(pts)
     raise ValueError(f"scheme must be 24 or 10, got {scheme!r}")

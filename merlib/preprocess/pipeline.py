@@ -41,7 +41,7 @@ import pandas as pd
 from merlib.config import atomic_write_text
 from merlib.preprocess import align, landmarks
 from merlib.preprocess.apex import apex_error, detect_apex
-from merlib.preprocess.blocks import identification_points
+from merlib.preprocess.blocks import SCHEMES, identification_points
 from merlib.preprocess.tim import tim_interpolate
 
 STEPS = ("read", "apex", "tim", "detect", "align", "landmarks", "blocks", "write")
@@ -73,7 +73,7 @@ class PreprocessConfig:
     n_frames: int = 10          # TIM output length
     size: int = 224             # aligned frame side
     apex: str = "annotated"     # annotated | detected (rows without a valid annotation: detected)
-    scheme: str = "fr72"        # point numbering the IPs read: fr72 (paper) | dlib68 (gACNN)
+    scheme: str = "fr72"        # IP point reading, one of blocks.SCHEMES (fr72: the paper)
     lwm_neighbors: int = 12     # N of the LWM fit
     detect_upsample: int = 1    # HOG detector upsampling of the first frame
     min_frames: int = 2         # fewest frames in onset..offset for a clip to be processed
@@ -82,8 +82,8 @@ class PreprocessConfig:
     def __post_init__(self):
         if self.apex not in ("annotated", "detected"):
             raise ValueError(f"apex must be 'annotated' or 'detected', got {self.apex!r}")
-        if self.scheme not in ("fr72", "dlib68"):
-            raise ValueError(f"scheme must be 'fr72' or 'dlib68', got {self.scheme!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.n_frames < 1 or self.size < 16 or self.min_frames < 1:
             raise ValueError(f"bad sizes in {self}")
 
