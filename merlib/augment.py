@@ -6,17 +6,10 @@ resampled once and points follow exactly the same geometry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    max_rotation_deg: float = 8.0
-    min_crop_frac: float = 0.875  # crop side as a fraction of the frame, drawn in [min, 1]
-    size: int = 224
+from merlib.config import AugmentConfig
 
 
 def draw_affine(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -12,16 +12,27 @@ inside the project folder. Nothing else in the package hard-codes a location.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 DATASETS = ("casme2", "samm", "smic", "megc", "synthme")
 SOURCES = ("casme2", "samm", "smic")
-CLASSES = ("negative", "positive", "surprise")
+CLASSES = ("negative", "positive", "surprise")  # label_id order: 0, 1, 2
+# The paper's three variants, in its Table 5 order (number of identification blocks -> name).
+VARIANTS = {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}
+VARIANT_ORDER = tuple(VARIANTS)
+# How the identification points read the landmarks (DECISIONS.md): the paper's printed reading on
+# the 72 points (default), the same on dlib's 68-point numbering, and gACNN's own converter.
+SCHEMES = ("fr72", "dlib68", "gacnn24")
+APEX_SOURCES = ("annotated", "detected")
+INPUTS = ("frames", "onset_delta")
+PROFILE_NAMES = ("quick", "paper")
 
 
 def project_root() -> Path:
@@ -89,6 +100,254 @@ class SynthConfig:
 
     def folder_name(self) -> str:
         return f"synthme-{self.preset}-{self.layout}-seed{self.seed}"
+
+
+# --------------------------------------------------------------------------- the run configuration
+# One frozen dataclass per concern, gathered in RunConfig. The CLI and the notebooks' papermill
+# parameters build it with the same function (make_run_config); config.json is its serialisation.
+
+
+def _check(what: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {tuple(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run reads. ``root`` empty means SynthME under ``MERLIB_DATA``; ``preset``,
+    ``layout`` and ``seed`` only matter for SynthME."""
+
+    dataset: str = "synthme"
+    root: str = ""
+    preset: str = "tiny"
+    layout: str = "casme2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check("dataset", self.dataset, DATASETS)
+        if self.dataset != "synthme" and not self.root:
+            raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root): the "
+                             f"licensed datasets are not shipped with merlib")
+
+    @property
+    def synth(self) -> SynthConfig | None:
+        if self.dataset != "synthme":
+            return None
+        return SynthConfig(preset=self.preset, seed=self.seed, layout=self.layout)
+
+    @property
+    def name(self) -> str:
+        """The run's folder name under tables/, figures/, runs/ and the caches: the dataset, or
+        for SynthME its preset, layout and seed (so CI's tiny runs never overwrite a demo run)."""
+        return self.synth.folder_name() if self.synth else self.dataset
+
+    @property
+    def loader(self) -> str:
+        """The on-disk format read: the dataset's own, or SynthME's layout."""
+        return self.layout if self.dataset == "synthme" else self.dataset
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything that changes a processed clip; its ``key()`` names the cache folder."""
+
+    n_frames: int = 10          # TIM output length
+    size: int = 224             # aligned frame side
+    apex: str = "annotated"     # annotated | detected (rows without a valid annotation: detected)
+    scheme: str = "fr72"        # how the IPs read the landmarks: one of SCHEMES
+    lwm_neighbors: int = 12     # N of the LWM fit
+    detect_upsample: int = 1    # HOG detector upsampling of the first frame
+    min_frames: int = 2         # fewest frames in onset..offset for a clip to be processed
+    version: int = 1            # bump when the pipeline's output changes for the same settings
+
+    def __post_init__(self):
+        _check("apex", self.apex, APEX_SOURCES)
+        _check("scheme", self.scheme, SCHEMES)
+        if self.n_frames < 1 or self.size < 16 or self.min_frames < 1:
+            raise ValueError(f"bad sizes in {self}")
+
+    def key(self) -> str:
+        """Short hash of the config's JSON: equal settings, equal key."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def apex_for(loader: str, requested: str = "annotated") -> str:
+    """SMIC-HS has no apex annotation, so a SMIC-format run always uses the detected apex (the
+    one rule, whatever the dataset is called: SynthME in the SMIC layout included)."""
+    return "detected" if loader == "smic" else requested
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Sec. 4.4: a random rotation and a random crop, one draw per clip for all its frames."""
+
+    max_rotation_deg: float = 8.0
+    min_crop_frac: float = 0.875  # crop side as a fraction of the frame, drawn in [min, 1]
+    size: int = 224
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and which parts train. ``blocks``: 0 ("Without IBs"), 24 or 10."""
+
+    blocks: int = 10
+    freeze_transfer: bool = True
+    freeze_gia_convs: bool = False  # True for the CPU 'quick' profile (maps cached per clip)
+    dropout: float = 0.5
+    lstm_hidden: int = 128
+    global_dim: int = 512  # τ_g output
+    block_dim: int = 64  # τ_k output
+    gate_channels: int = 128  # φ: 1×1 conv width
+    gate_hidden: int = 64  # φ: hidden FC width
+    crop: int = 6  # block window side on the 28×28 map
+    head_hidden: tuple[int, ...] = (128, 64)  # 3 FC layers in all: 256 -> 128 -> 64 -> classes
+    num_classes: int = 3
+    normalize_input: bool = True  # ImageNet mean/std inside the model
+
+    def __post_init__(self) -> None:
+        if self.blocks < 0:
+            raise ValueError(f"ModelConfig.blocks must be >= 0, got {self.blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def fused_dim(self) -> int:
+        """Per-frame feature size after fusion: 512, 1152 (10 IBs), 2048 (24 IBs)."""
+        return self.global_dim + self.blocks * self.block_dim
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LOSO training (Sec. 4.3-4.4). ``model`` is the network; everything else the loop."""
+
+    profile: str = "quick"
+    model: ModelConfig = ModelConfig()
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    l2: float = 1e-5           # lambda: loss += l2 * sum ||w||^2 over trainable parameters
+    views: int = 16            # pre-augmented views per clip (view 0 = no augmentation)
+    weights: str = "imagenet"  # imagenet | random | auto | path to a VGG16 state_dict
+    seed: int = 0
+    device: str = "auto"       # auto | cpu | cuda
+    bf16: bool = True          # autocast on CUDA only
+    shuffle_labels: bool = False  # sanity check: permute the training labels within each fold
+    checkpoints: bool = True   # write each fold's trainable weights (~100-170 MB per fold)
+    inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
+    augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self) -> None:
+        _check("profile", self.profile, PROFILE_NAMES)
+        _check("inputs", self.inputs, INPUTS)
+        _check("blocks", self.model.blocks, VARIANT_ORDER)
+        if self.epochs < 1 or self.batch_size < 1 or self.views < 1:
+            raise ValueError(f"epochs, batch_size and views must be >= 1 in {self}")
+
+    @property
+    def blocks(self) -> int:
+        return self.model.blocks
+
+    @property
+    def train_gia_convs(self) -> bool:
+        return not self.model.freeze_gia_convs
+
+
+PROFILES = {
+    "paper": TrainConfig(profile="paper", epochs=100, views=16, weights="imagenet",
+                         model=ModelConfig(freeze_gia_convs=False)),
+    # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes, with
+    # every convolution frozen. On such maps the static face swamps the micro-motion and the
+    # model does not fit in that budget; onset-relative maps let it learn (docs/DECISIONS.md,
+    # "What quick can show"). Not the paper's input: labelled so. Checkpoints are not kept: 30
+    # folds of a demo run would take ~4 GB.
+    "quick": TrainConfig(profile="quick", epochs=5, views=1, weights="auto", checkpoints=False,
+                         inputs="onset_delta", model=ModelConfig(freeze_gia_convs=True)),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: data, preprocessing and training. Saved as config.json beside every result."""
+
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = PROFILES["quick"]
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        train = dict(d["train"])
+        train["model"] = ModelConfig(**{**train["model"],
+                                        "head_hidden": tuple(train["model"]["head_hidden"])})
+        train["augment"] = AugmentConfig(**train["augment"])
+        return cls(DataConfig(**d["data"]), PreprocessConfig(**d["preprocess"]), TrainConfig(**train))
+
+    def run_name(self) -> str:
+        """``<profile>-blocks<K>``, then every setting that differs from the profile's and the
+        preprocessing defaults (``-epochs3-weightsrandom``), so each configuration gets its own
+        folder and the default runs keep their familiar names."""
+        parts = [f"{self.train.profile}-blocks{self.train.blocks}"]
+        default_train = to_jsonable(PROFILES[self.train.profile])
+        default_prep = to_jsonable(PreprocessConfig(apex=apex_for(self.data.loader)))
+        changed = (_flat_diff(to_jsonable(self.train), default_train, skip={"profile", "model.blocks"})
+                   + _flat_diff(to_jsonable(self.preprocess), default_prep))
+        for key, value in changed:
+            parts.append(re.sub(r"[^A-Za-z0-9.]+", "", f"{key.rsplit('.', 1)[-1]}{value}"))
+        name = "-".join(parts)
+        if len(name) > 80:  # long override lists: keep the readable start, make it unique
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+            name = f"{name[:60]}-{digest}"
+        return name
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as one dict with dotted keys."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _flat_diff(now: dict, before: dict, skip=frozenset()) -> list[tuple[str, object]]:
+    """(dotted key, value now) for every setting that differs between two nested dicts."""
+    a, b = _flatten(now), _flatten(before)
+    return [(k, a.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in skip]
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two serialised configs."""
+    old, new = _flatten(saved), _flatten(now)
+    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
+                    synth_preset: str = "tiny", synth_layout: str = "casme2", synth_seed: int = 0,
+                    apex: str = "annotated", scheme: str = "fr72", profile: str = "quick",
+                    blocks: int = 10, epochs: int | None = None, weights: str | None = None,
+                    inputs: str | None = None, seed: int | None = None,
+                    shuffle_labels: bool = False, device: str | None = None,
+                    keep_checkpoints: bool | None = None) -> RunConfig:
+    """The run configuration from flat options: the names of ``merlib train``'s flags and of the
+    notebooks' parameters. ``None`` / 0 / "" keeps the profile's own value."""
+    _check("profile", profile, PROFILE_NAMES)
+    data = DataConfig(dataset=dataset, root=str(data_root or ""), preset=synth_preset,
+                      layout=synth_layout, seed=synth_seed)
+    prep = PreprocessConfig(apex=apex_for(data.loader, apex), scheme=scheme)
+    base = PROFILES[profile]
+    overrides = {k: v for k, v in {"epochs": epochs or None, "weights": weights or None,
+                                   "inputs": inputs or None, "seed": seed,
+                                   "device": device or None,
+                                   "checkpoints": keep_checkpoints}.items() if v is not None}
+    train = dataclasses.replace(base, model=dataclasses.replace(base.model, blocks=blocks),
+                                shuffle_labels=bool(shuffle_labels), **overrides)
+    return RunConfig(data, prep, train)
 
 
 def git_commit(root: Path | None = None) -> str:

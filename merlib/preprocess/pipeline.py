@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from merlib.config import atomic_write_text
+from merlib.config import PreprocessConfig, atomic_write_text
 from merlib.preprocess import align, landmarks
 from merlib.preprocess.apex import apex_error, detect_apex
 from merlib.preprocess.blocks import SCHEMES, identification_points
@@ -64,33 +64,6 @@ MANIFEST_COLUMNS = [
     "detector_calls", "seconds", *[f"t_{s}" for s in STEPS],
     "gt_apex", "gt_abs_err", "gt_rel_err",
 ]
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Everything that changes a processed clip; its ``key()`` names the cache folder."""
-
-    n_frames: int = 10          # TIM output length
-    size: int = 224             # aligned frame side
-    apex: str = "annotated"     # annotated | detected (rows without a valid annotation: detected)
-    scheme: str = "fr72"        # IP point reading, one of blocks.SCHEMES (fr72: the paper)
-    lwm_neighbors: int = 12     # N of the LWM fit
-    detect_upsample: int = 1    # HOG detector upsampling of the first frame
-    min_frames: int = 2         # fewest frames in onset..offset for a clip to be processed
-    version: int = 1            # bump when the pipeline's output changes for the same settings
-
-    def __post_init__(self):
-        if self.apex not in ("annotated", "detected"):
-            raise ValueError(f"apex must be 'annotated' or 'detected', got {self.apex!r}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if self.n_frames < 1 or self.size < 16 or self.min_frames < 1:
-            raise ValueError(f"bad sizes in {self}")
-
-    def key(self) -> str:
-        """Short hash of the config's JSON: equal settings, equal key."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 class ClipFailed(Exception):
