@@ -32,14 +32,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from merlib.config import SCHEMES  # the point readings; the first is the default
 from merlib.preprocess.landmarks import p, to68
 
 BLOCK_SIDE_24 = 48.0
 MOUTH_OFFSET_24 = 16.0                                      # Eqs. 4-5
 IP24_POINTS = (19, 22, 23, 26, 39, 37, 44, 46, 28, 30, 49, 51, 53, 55, 59, 57)   # IP1-16
 IP24_PAIRS = ((20, 38), (18, 59), (41, 42), (25, 45), (47, 48), (27, 57))       # IP17-22
-# Point readings, the choices of PreprocessConfig.scheme (and the CLI); the first is the default.
-SCHEMES = ("fr72", "dlib68", "gacnn24")
 
 
 class IdentificationPoints(NamedTuple):

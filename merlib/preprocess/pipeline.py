@@ -21,18 +21,15 @@ clip whose record exists (ok or failed, for the same index row) and redoes the r
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
-import sys
 import time
 from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +38,7 @@ import pandas as pd
 from merlib.config import PreprocessConfig, atomic_write_text
 from merlib.preprocess import align, landmarks
 from merlib.preprocess.apex import apex_error, detect_apex
-from merlib.preprocess.blocks import SCHEMES, identification_points
+from merlib.preprocess.blocks import identification_points
 from merlib.preprocess.tim import tim_interpolate
 
 STEPS = ("read", "apex", "tim", "detect", "align", "landmarks", "blocks", "write")
