@@ -1,16 +1,16 @@
 import face_recognition
 import numpy as np
 import pytest
-import skimage.data
 
 import merlib.preprocess.landmarks as lm
+from merlib.faces import photograph
 from merlib.preprocess.landmarks import (FR72_GROUPS, box_from_points, clip_landmarks72,
                                          detect_face, landmarks68, landmarks_ok, p, to68, to72)
 
 
 @pytest.fixture(scope="module")
 def astronaut():
-    return skimage.data.astronaut()
+    return photograph("astronaut")
 
 
 @pytest.fixture(scope="module")

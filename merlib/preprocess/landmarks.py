@@ -1,4 +1,7 @@
-"""Face box and landmarks with face_recognition (dlib HOG detector + 68-point shape predictor).
+"""Face landmarks per clip, and the two numberings of the key points.
+
+The face box and the 68 points of one image come from :mod:`merlib.faces` (face_recognition's
+dlib HOG detector + 68-point shape predictor, shared with SynthME); they are re-exported here.
 
 Two numberings of the key points (DESIGN §4.4):
 
@@ -10,14 +13,14 @@ Two numberings of the key points (DESIGN §4.4):
 
 Arrays are 0-based like all numpy arrays; the paper numbers points from 1. ``p(points, k)`` reads
 the paper's point k (1-based), so code can quote the paper's numbers verbatim.
-
-face_recognition is imported on first use, so importing this module stays cheap.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+
+from merlib.faces import Box, detect_face, landmarks68  # one face finder; re-exported here
 
 # fr72 index (0-based) -> dlib68 index (0-based); mirrors face_recognition.api.face_landmarks.
 FR72_FROM_DLIB68 = np.array(
@@ -32,8 +35,6 @@ DLIB68_FROM_FR72 = np.array([int(np.flatnonzero(FR72_FROM_DLIB68 == i)[0]) for i
 FR72_GROUPS = (("chin", 17), ("left_eyebrow", 5), ("right_eyebrow", 5), ("nose_bridge", 4),
                ("nose_tip", 5), ("left_eye", 6), ("right_eye", 6), ("top_lip", 12),
                ("bottom_lip", 12))
-
-Box = tuple[int, int, int, int]  # (top, right, bottom, left), face_recognition's "css" order
 
 
 def p(points: np.ndarray, k: int) -> np.ndarray:
@@ -57,35 +58,6 @@ def to68(points72: np.ndarray) -> np.ndarray:
     if points72.shape[-2:] != (72, 2):
         raise ValueError(f"expected (..., 72, 2) points, got {points72.shape}")
     return points72[..., DLIB68_FROM_FR72, :]
-
-
-def _rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    return np.ascontiguousarray(image)
-
-
-def detect_face(image: np.ndarray, *, upsample: int = 1) -> Box | None:
-    """The largest face found by the HOG detector as (top, right, bottom, left), or None.
-
-    The largest box is kept because HOG also fires on face-like texture (the astronaut
-    photograph gives a second, smaller box on the suit)."""
-    import face_recognition
-
-    boxes = face_recognition.face_locations(_rgb_uint8(image), number_of_times_to_upsample=upsample,
-                                            model="hog")
-    if not boxes:
-        return None
-    return tuple(int(v) for v in max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3])))
-
-
-def landmarks68(image: np.ndarray, box: Box) -> np.ndarray:
-    """dlib's 68 points (68, 2) float64 (x, y) for the face in ``box``; the box is not re-detected."""
-    from face_recognition import api
-
-    shape = api._raw_face_landmarks(_rgb_uint8(image), [tuple(int(v) for v in box)], model="large")[0]
-    return np.array([(pt.x, pt.y) for pt in shape.parts()], dtype=np.float64)
 
 
 def box_from_points(points: np.ndarray) -> Box:
