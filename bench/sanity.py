@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from merlib.config import CLASSES, SynthConfig
-from merlib.datasets.synth_calibration import chance_uf1
+from merlib.synth.calibration import chance_uf1
 from merlib.config import Paths
 from merlib.experiment import prepare, provenance, train_variant
 from merlib.report import write_table

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from merlib.datasets import synth  # noqa: E402
+from merlib import synth  # noqa: E402
 
 
 def _size(root: Path) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                 print(f"{preset:7s}{layout:8s}{len(gt):6d}{frames:8d}{dt:9.1f}"
                       f"{1000 * dt / frames:9.2f}{n_files:7d}{size / 1e6:9.1f}", flush=True)
                 if args.calibrate:
-                    from merlib.datasets.synth_calibration import calibrate
+                    from merlib.synth.calibration import calibrate
 
                     t0 = time.perf_counter()
                     figures = calibrate(root, detection_step=args.detection_step)

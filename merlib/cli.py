@@ -37,7 +37,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from merlib.datasets.synth import generate
+    from merlib.synth import generate
 
     path = generate(Path(args.out), layout=args.layout, preset=args.preset, seed=args.seed)
     print(path)

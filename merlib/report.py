@@ -450,7 +450,7 @@ def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def calibration_table(figures: dict) -> pd.DataFrame:
-    """SynthME calibration (merlib.datasets.synth_calibration.calibrate) as check / measured /
+    """SynthME calibration (merlib.synth.calibration.calibrate) as check / measured /
     target rows: is the synthetic set a fair stand-in for a micro-expression dataset?"""
     rows = [
         ("face found by face_recognition (HOG), sampled frames", figures["detection_rate"],

@@ -31,7 +31,7 @@ SIZE = 224
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
-    from merlib.datasets.synth import generate
+    from merlib.synth import generate
 
     return generate(tmp_path_factory.mktemp("synthme") / "tiny", layout="casme2", preset="tiny",
                     seed=0)
@@ -327,7 +327,7 @@ def test_identification_points_land_where_the_ground_truth_puts_them(processed, 
     """Ground-truth landmarks of the onset frame (the first TIM frame), carried into the aligned
     frame by the forward LWM of the pipeline's alignment, give IPs within a few pixels of the
     pipeline's own IPs of frame 0."""
-    from merlib.datasets.synth import load_groundtruth
+    from merlib.synth import load_groundtruth
 
     errors = {10: [], 24: []}
     for r in processed["manifest"].query("status == 'ok'").to_dict("records"):

@@ -40,7 +40,7 @@ def resolve(dataset: str, data_root: str | Path | None = None, *,
         synth = synth or SynthConfig()
         root = Path(data_root) if data_root else paths.data / synth.folder_name()
         if generate_missing:
-            from merlib.datasets.synth import generate  # generation is cached by its marker file
+            from merlib.synth import generate  # generation is cached by its marker file
 
             generate(root, layout=synth.layout, preset=synth.preset, seed=synth.seed)
         return DataSpec(dataset, root, synth.layout, synth)

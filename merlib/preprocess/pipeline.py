@@ -256,7 +256,7 @@ def _read_record(path: Path) -> dict | None:
 
 def _synth_root(frames_dir: str | Path) -> Path | None:
     """The SynthME folder a clip belongs to (a parent holding the generator's marker), or None."""
-    from merlib.datasets.synth import MARKER
+    from merlib.synth import MARKER
 
     for parent in list(Path(frames_dir).parents)[:5]:
         if (parent / MARKER).is_file():
@@ -266,7 +266,7 @@ def _synth_root(frames_dir: str | Path) -> Path | None:
 
 def _groundtruth_fields(row: dict, record: dict, gt_root: Path | None) -> dict:
     """gt_apex / gt_abs_err / gt_rel_err of the detected apex against SynthME's true apex."""
-    from merlib.datasets.synth import groundtruth_path
+    from merlib.synth import groundtruth_path
 
     if gt_root is None or record.get("apex_detected") is None:
         return {}

@@ -23,7 +23,9 @@ import pandas as pd
 
 from merlib.datasets import build_index, read_frames
 from merlib.datasets.schema import CLASSES
-from merlib.datasets.synth import FACE_SCALE, MARKER, load_groundtruth
+from merlib.faces import face_boxes
+from merlib.synth.faces import FACE_SCALE
+from merlib.synth.write import MARKER, load_groundtruth
 
 
 def _clips(root: Path) -> pd.DataFrame:
@@ -46,8 +48,6 @@ def detection_rate(root: str | Path, *, step: int = 10, upsample: int = 0) -> di
 
     ``upsample=0``: SynthME faces are 190-250 px wide, far above the detector's ~80 px minimum,
     so upsampling (face_recognition's default 1) only costs time."""
-    import face_recognition
-
     clips = _clips(root)
     per_clip = []
     for row in clips.itertuples():
@@ -58,7 +58,7 @@ def detection_rate(root: str | Path, *, step: int = 10, upsample: int = 0) -> di
         hits = 0
         for i, img in zip(picks, images):
             nose = gt["landmarks"][i, 30]
-            boxes = face_recognition.face_locations(img, number_of_times_to_upsample=upsample)
+            boxes = face_boxes(img, upsample=upsample)  # any box counts, not only the largest
             hits += any(left <= nose[0] <= right and top <= nose[1] <= bottom
                         for top, right, bottom, left in boxes)
         per_clip.append({"subject": row.subject, "clip": row.clip, "frames": len(picks),

@@ -1,0 +1,230 @@
+"""Writing a SynthME: frames through the real layouts' format writers (rendered a few clips ahead
+on a thread pool), the ground truth beside them, and the marker that makes a finished folder
+reusable.
+
+- ``<out>/groundtruth/<subject>/<clip>.npz``: ``landmarks`` (n_frames, 68, 2) in dlib-68 order
+  and frame pixels (x, y), ``neutral_landmarks`` (68, 2), ``jitter`` (n_frames, 2),
+  ``intensity`` (n_frames,), ``frame_numbers``, and onset/apex/offset, label, emotion, aus,
+  amplitude, face_width, fps;
+- ``<out>/groundtruth.csv``: one row per clip;
+- ``<out>/synthme.json``: the marker, written last (config and file count). A folder holding a
+  complete SynthME for the same (layout, preset, seed) is reused as is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import zipfile
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from merlib.datasets.schema import ClipRecord
+from merlib.synth.plan import ClipPlan, SynthPreset, get_preset, plan_dataset
+from merlib.synth.render import make_subject, render_clip
+
+GENERATOR_VERSION = 1
+MARKER = "synthme.json"
+GT_DIR = "groundtruth"
+GT_CSV = "groundtruth.csv"
+GT_COLUMNS = ["subject", "clip", "label", "emotion", "onset", "apex", "offset", "amplitude",
+              "aus", "n_frames", "fps", "first_frame", "face_width", "identity",
+              "max_landmark_motion", "groundtruth"]
+DEFAULT_WORKERS = 2  # render threads; the output does not depend on it
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth files
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    """np.savez without the zip entries' time stamps, so equal arrays give equal bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as fh:
+                np.lib.format.write_array(fh, np.asarray(arrays[key]), allow_pickle=False)
+
+
+def groundtruth_path(root: str | Path, subject: str, clip: str) -> Path:
+    return Path(root) / GT_DIR / subject / f"{clip}.npz"
+
+
+def load_groundtruth(root: str | Path, subject: str | None = None, clip: str | None = None):
+    """The dataset-level ground-truth table, or one clip's ground truth as a dict of arrays and
+    scalars when ``subject`` and ``clip`` are given."""
+    root = Path(root)
+    if subject is None:
+        return pd.read_csv(root / GT_CSV, dtype={"subject": str, "clip": str, "label": str,
+                                                 "aus": str}, keep_default_na=False)
+    with np.load(groundtruth_path(root, subject, clip)) as z:
+        return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+
+
+class _Prefetcher:
+    """Renders clips on a thread pool a few clips ahead of the writer that consumes them.
+
+    Submission happens when a writer asks for a clip's frames (and for the next few), so a
+    writer that lists all records first still holds only a few clips in memory."""
+
+    def __init__(self, plans: list[ClipPlan], preset: SynthPreset, seed: int, workers: int):
+        self.plans, self.preset, self.seed = plans, preset, seed
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.ahead = max(1, workers) + 1
+        self.futures: dict[int, Future] = {}
+        self.submitted = 0
+        self.groundtruth: dict[int, dict] = {}
+        self.lock = threading.Lock()
+
+    def frames(self, i: int) -> list[np.ndarray]:
+        with self.lock:
+            while self.submitted < min(i + 1 + self.ahead, len(self.plans)):
+                j = self.submitted
+                self.futures[j] = self.pool.submit(render_clip, self.plans[j], self.preset,
+                                                   self.seed)
+                self.submitted += 1
+            fut = self.futures.pop(i, None)
+        if fut is None:  # asked twice: render again (deterministic)
+            fut = self.pool.submit(render_clip, self.plans[i], self.preset, self.seed)
+        out = fut.result()
+        self.groundtruth[i] = out.groundtruth
+        return out.frames
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _records(plans: list[ClipPlan], layout: str, pf: _Prefetcher):
+    for i, pl in enumerate(plans):
+        au_text = {"casme2": "+".join(a[2:] for a in pl.aus), "samm": "+".join(pl.aus),
+                   "smic": ""}[layout]
+        yield ClipRecord(subject=pl.subject, clip=pl.clip, emotion=pl.emotion,
+                         frames=(lambda i=i: pf.frames(i)), onset=pl.onset,
+                         apex=None if layout == "smic" else pl.apex, offset=pl.offset,
+                         first_frame=pl.first_frame, action_units=au_text,
+                         extra={"synthme_label": pl.label})
+
+
+def _write_layout(root: Path, layout: str, records, preset: SynthPreset) -> Path:
+    from merlib.datasets import writers
+
+    if layout == "casme2":
+        return writers.write_casme2(root, records, jpeg_quality=preset.jpeg_quality)
+    if layout == "samm":
+        return writers.write_samm(root, records, jpeg_quality=preset.jpeg_quality)
+    return writers.write_smic(root, records)
+
+
+def _marker(layout: str, preset: SynthPreset, seed: int) -> dict:
+    return {"synthme": GENERATOR_VERSION, "layout": layout, "preset": preset.name,
+            "seed": int(seed), "config": asdict(preset)}
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def is_complete(root: str | Path, *, layout: str, preset: str | SynthPreset, seed: int) -> bool:
+    """Whether ``root`` holds a finished SynthME of exactly this (layout, preset, seed)."""
+    root = Path(root)
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    want = _marker(layout, get_preset(preset), seed)
+    same = all(marker.get(k) == json.loads(json.dumps(v)) for k, v in want.items())
+    return same and marker.get("n_files") == len(_files(root))
+
+
+def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: int = 0,
+             workers: int | None = None) -> Path:
+    """Write SynthME in ``layout``'s on-disk format to ``out`` (plus its ground truth) and return
+    ``out``. Reuses ``out`` when it already holds the same (layout, preset, seed); builds in a
+    sibling folder and renames it into place, so ``out`` is never left half written."""
+    out = Path(out).expanduser().resolve()
+    p = get_preset(preset)
+    plans = plan_dataset(layout, p, seed)  # validates layout
+    if is_complete(out, layout=layout, preset=p, seed=seed):
+        return out
+    stale = _is_ours(out, layout, p.name, seed)  # same name, older generator or files missing
+    if out.exists() and any(out.iterdir()) and not stale:
+        what = "a different SynthME" if (out / MARKER).exists() else "other files"
+        raise FileExistsError(f"{out} already holds {what}; SynthME {layout}/{p.name}/seed {seed} "
+                              f"needs an empty or absent folder")
+    tmp = out.parent / f".{out.name}.synthme-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    workers = DEFAULT_WORKERS if workers is None else workers
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # subjects first, once each
+        list(pool.map(lambda i: make_subject(p, seed, i),
+                      sorted({pl.subject_index for pl in plans})))
+    pf = _Prefetcher(plans, p, seed, workers)
+    try:
+        _write_layout(tmp, layout, _records(plans, layout, pf), p)
+        rows = []
+        for i, pl in enumerate(plans):
+            gt = pf.groundtruth.get(i) or render_clip(pl, p, seed).groundtruth
+            path = groundtruth_path(tmp, pl.subject, pl.clip)
+            _save_npz(path, gt)
+            rows.append({**{k: gt[k] for k in GT_COLUMNS if k in gt},
+                         "n_frames": pl.n_frames, "groundtruth": path.relative_to(tmp).as_posix()})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        pf.close()
+        make_subject.cache_clear()  # ~8 MB per subject; a later run rebuilds them in a second
+    table = pd.DataFrame(rows, columns=GT_COLUMNS)
+    table["amplitude"] = table["amplitude"].round(4)
+    table["face_width"] = table["face_width"].round(3)
+    table["max_landmark_motion"] = table["max_landmark_motion"].round(4)
+    table.to_csv(tmp / GT_CSV, index=False, lineterminator="\n")
+    marker = {**_marker(layout, p, seed), "n_clips": len(plans), "n_files": len(_files(tmp)),
+              "classes": dict(Counter(pl.label or "excluded" for pl in plans))}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    if stale:
+        trash = out.parent / f".{out.name}.synthme-stale"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out, trash)
+        shutil.rmtree(trash)
+    elif out.exists():
+        out.rmdir()  # empty, checked above
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _is_ours(root: Path, layout: str, preset: str, seed: int) -> bool:
+    """Whether ``root`` carries a SynthME marker naming this (layout, preset, seed): then it is
+    generated output, safe to replace when it is stale or incomplete."""
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and (marker.get("layout"), marker.get("preset"),
+                                         marker.get("seed")) == (layout, preset, int(seed))
+
+
+def dataset_digest(root: str | Path) -> str:
+    """sha256 over every file's relative path and bytes: equal digests mean equal datasets."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
