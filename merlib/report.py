@@ -334,18 +334,48 @@ def _plt():
     return plt
 
 
-def usable(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest's processed clips, in a stable order."""
-    return (manifest[manifest["status"] == "ok"].sort_values(["subject", "clip"])
-            .reset_index(drop=True))
+def usable(manifest: pd.DataFrame, *, groundtruth_root: str | Path | None = None) -> pd.DataFrame:
+    """The manifest's processed clips, in a stable order.
+
+    With ``groundtruth_root`` (a SynthME folder) each clip also gets ``gt_apex``, the generator's
+    true apex, and ``gt_abs_err`` / ``gt_rel_err``, the detected apex's error against it (frames,
+    fraction of the onset-offset span; NaN where the folder has no ground truth for the clip).
+    The cache records only what preprocessing computed, so the scoring happens here."""
+    ok = (manifest[manifest["status"] == "ok"].sort_values(["subject", "clip"])
+          .reset_index(drop=True))
+    if groundtruth_root is None:
+        return ok
+    import numpy as np
+
+    from merlib.preprocess.apex import apex_error
+    from merlib.synth import MARKER, groundtruth_path
+
+    root = Path(groundtruth_root)
+    if not (root / MARKER).is_file():
+        raise ValueError(f"{root} is not a SynthME folder (no {MARKER}): it has no ground truth")
+    gt = {"gt_apex": [], "gt_abs_err": [], "gt_rel_err": []}
+    for row in ok.itertuples():
+        path = groundtruth_path(root, row.subject, row.clip)
+        true_apex = err = None
+        if path.is_file() and pd.notna(row.apex_detected):
+            with np.load(path) as z:
+                true_apex = int(z["apex"])
+            err = apex_error(true_apex, int(row.apex_detected), int(row.n_frames_span))
+        gt["gt_apex"].append(true_apex)
+        gt["gt_abs_err"].append(np.nan if err is None else float(err.frames))
+        gt["gt_rel_err"].append(np.nan if err is None else float(err.fraction))
+    return ok.assign(gt_apex=pd.array(gt["gt_apex"], dtype="Int64"),
+                     gt_abs_err=gt["gt_abs_err"], gt_rel_err=gt["gt_rel_err"])
 
 
-def apex_error_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Detected apex (Eqs. 16-17) against the annotated apex, and against SynthME's ground truth.
+def apex_error_table(manifest: pd.DataFrame, *,
+                     groundtruth_root: str | Path | None = None) -> pd.DataFrame:
+    """Detected apex (Eqs. 16-17) against the annotated apex, and, given ``groundtruth_root`` (the
+    SynthME folder the manifest was made from), against SynthME's ground truth.
 
     Errors are in frames and as a fraction of the onset-offset span.
     """
-    ok = usable(manifest)
+    ok = usable(manifest, groundtruth_root=groundtruth_root)
     rows = []
     for ref, abs_col, rel_col in (("annotated apex", "apex_abs_err", "apex_rel_err"),
                                   ("ground truth (SynthME)", "gt_abs_err", "gt_rel_err")):
