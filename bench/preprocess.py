@@ -18,9 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from merlib import report
 from merlib.config import SynthConfig
 from merlib.datasets.resolve import load_index, resolve
-from merlib.preprocess.pipeline import STEPS, PreprocessConfig, run, summary
+from merlib.preprocess.cache import summary
+from merlib.preprocess.recipe import STEPS, PreprocessConfig
+from merlib.preprocess.workers import run
 
 CASME2_CLIPS = 255
 TARGET_S = 180.0
@@ -44,8 +47,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="merlib-bench-"))
     try:
         t0 = time.perf_counter()
-        manifest = run(index, PreprocessConfig(), cache, jobs=args.jobs, progress=False,
-                       groundtruth_root=spec.root)
+        manifest = run(index, PreprocessConfig(), cache, jobs=args.jobs, progress=False)
         total = time.perf_counter() - t0
     finally:
         if not args.keep:
@@ -79,7 +81,8 @@ def main() -> None:
           f"{'met' if per_clip * CASME2_CLIPS <= TARGET_S else 'NOT met'})"
           + ("" if n >= CASME2_CLIPS else "; an extrapolation, not a measurement"))
 
-    g = ok[ok["gt_abs_err"].notna()]
+    truth = report.usable(manifest, groundtruth_root=spec.root)  # the apex report's scoring
+    g = truth[truth["gt_abs_err"].notna()]
     if len(g):
         print(f"\ndetected apex vs SynthME ground truth over {len(g)} clips: mean |error| "
               f"{g['gt_abs_err'].mean():.2f} frames, median {g['gt_abs_err'].median():.1f}, "

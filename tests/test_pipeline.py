@@ -1,6 +1,7 @@
-"""The clip pipeline end to end on the tiny SynthME (CASME II layout) plus planted bad clips:
-outputs and shapes, bad clips reported by name, cache reuse, kill + resume, cache keys, and the
-identification points against the generator's ground-truth landmarks."""
+"""The clip pipeline (recipe, cache, workers) end to end on the tiny SynthME (CASME II layout)
+plus planted bad clips: outputs and shapes, bad clips reported by name, cache reuse, kill +
+resume, cache keys, the identification points against the generator's ground-truth landmarks,
+and the apex report's scoring against SynthME's ground truth."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +22,12 @@ from PIL import Image
 from merlib.datasets import frame_paths
 from merlib.datasets.resolve import DataSpec, load_index
 from merlib.preprocess import align, blocks, landmarks
-from merlib import cli
-from merlib.preprocess import pipeline
-from merlib.preprocess.pipeline import (PreprocessConfig, cache_folder, clip_stem, load_manifest,
-                                        process_clip, run)
+from merlib import cli, report
+from merlib.preprocess import cache as pcache
+from merlib.preprocess import recipe, workers
+from merlib.preprocess.cache import cache_folder, clip_stem, load_manifest
+from merlib.preprocess.recipe import PreprocessConfig, process_clip
+from merlib.preprocess.workers import run
 
 SIZE = 224
 
@@ -122,8 +125,7 @@ def test_good_clips_have_every_array_with_the_right_shape(processed, planted):
         assert r["detector_calls"] == 1
         assert r["apex_source"] == "annotated"
         assert r["n_frames_tim"] == r["apex_used"] - r["onset"] + 1
-        assert r["gt_apex"] == r["apex_annotated"]  # SynthME's sheet holds the true apex
-        assert r["gt_abs_err"] == abs(r["apex_detected"] - r["gt_apex"])
+        assert r["apex_abs_err"] == abs(r["apex_detected"] - r["apex_annotated"])
         assert r["seconds"] > 0 and r["t_detect"] > 0
 
 
@@ -158,7 +160,7 @@ def test_bad_clips_are_listed_with_their_reason_and_the_rest_succeed(processed, 
     ex = m[planted["excluded"]]
     assert ex["status"] == "excluded" and "outside the 3-class" in ex["reason"]
     assert all(m[c]["status"] == "ok" for c in planted["good"])
-    text = pipeline.summary(processed["manifest"])
+    text = pcache.summary(processed["manifest"])
     assert text.startswith("4 clips ok, 3 failed, 1 not processed")
     assert "FAILED sub90/EP91_noface: no_face" in text
 
@@ -170,6 +172,24 @@ def test_rerun_skips_every_recorded_clip(processed, planted):
     again = run(planted["index"], processed["cfg"], processed["cache"], jobs=2, progress=False)
     assert {p: p.stat().st_mtime_ns for p in files} == before  # nothing recomputed, failed included
     pd.testing.assert_frame_equal(again, processed["manifest"])
+
+
+def test_a_cache_written_with_ground_truth_fields_is_read_as_it_is(processed, planted, tmp_path):
+    # Records written before the apex scoring moved to the report carry gt_* fields: such a cache
+    # is still complete (nothing redone) and the manifest leaves those fields out.
+    cache = tmp_path / "cache"
+    shutil.copytree(processed["cache"], cache)
+    folder = cache_folder(cache, "synthme", processed["cfg"])
+    for p in folder.glob("records/*.json"):
+        rec = json.loads(p.read_text())
+        if rec["status"] == "ok":
+            rec.update(gt_apex=rec["apex_annotated"], gt_abs_err=0.0, gt_rel_err=0.0)
+            p.write_text(json.dumps(rec))
+    files = sorted(folder.glob("clips/*.npz")) + sorted(folder.glob("records/*.json"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = run(planted["index"], processed["cfg"], cache, jobs=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    pd.testing.assert_frame_equal(again, processed["manifest"])  # records keep their file paths
 
 
 def test_a_changed_index_row_is_redone_alone(processed, planted, tmp_path):
@@ -218,7 +238,7 @@ def test_face_detector_runs_once_per_clip(synth_index, monkeypatch):
 ])
 def test_apex_choice(apex, flags, mode, expect):
     numbers = [n for n in range(25, 41) if n != 31]
-    annotated, used, source = pipeline._choose_apex({"apex": apex, "flags": flags}, numbers, 33,
+    annotated, used, source = recipe._choose_apex({"apex": apex, "flags": flags}, numbers, 33,
                                                     PreprocessConfig(apex=mode))
     assert annotated == apex and (source, used) == expect
 
@@ -227,35 +247,35 @@ def test_unexpected_error_in_one_clip_does_not_stop_the_run(synth_index, monkeyp
     index = synth_index[synth_index["status"] == "ok"].iloc[:2].reset_index(drop=True)
     target = int(index.loc[1, "offset"] - index.loc[1, "onset"] + 1)
     assert target != int(index.loc[0, "offset"] - index.loc[0, "onset"] + 1)
-    real = pipeline.detect_apex
+    real = recipe.detect_apex
 
     def flaky(frames, **kw):
         if len(frames) == target:
             raise RuntimeError("boom")
         return real(frames, **kw)
 
-    monkeypatch.setattr(pipeline, "detect_apex", flaky)
+    monkeypatch.setattr(recipe, "detect_apex", flaky)
     m = run(index, PreprocessConfig(), tmp_path, jobs=1, progress=False)
     assert list(m["status"]) == ["ok", "error"]
     assert m.loc[1, "reason"] == f"{index.loc[1, 'subject']}/{index.loc[1, 'clip']}: RuntimeError: boom"
 
 
-_REAL_WORK = pipeline._work
+_REAL_WORK = workers._work
 
 
-def _work_dying_on_crash_clips(row, cfg, folder, gt_root):
-    """Stands in for pipeline._work in the workers (pickled by reference, so this module is
+def _work_dying_on_crash_clips(row, cfg, folder):
+    """Stands in for workers._work in the workers (pickled by reference, so this module is
     imported there and _REAL_WORK is the real one): a clip named *_crash kills its process."""
     if str(row["clip"]).endswith("_crash"):
         os._exit(3)
-    return _REAL_WORK(row, cfg, folder, gt_root)
+    return _REAL_WORK(row, cfg, folder)
 
 
 def test_a_worker_that_dies_takes_only_its_own_clip(processed, planted, monkeypatch, tmp_path):
     index = planted["index"].iloc[[0, 0, 1]].copy().reset_index(drop=True)
     index["subject"] = "sub91"
     index["clip"] = ["EP93_crash", "EP94_ok", "EP95_ok"]
-    monkeypatch.setattr(pipeline, "_work", _work_dying_on_crash_clips)
+    monkeypatch.setattr(workers, "_work", _work_dying_on_crash_clips)
     m = run(index, processed["cfg"], tmp_path, jobs=2, progress=False)
     assert list(m["status"]) == ["worker_crashed", "ok", "ok"], m[["clip", "reason"]]
     assert m.loc[0, "reason"].startswith("sub91/EP93_crash: worker process died")
@@ -266,7 +286,8 @@ def test_a_worker_that_dies_takes_only_its_own_clip(processed, planted, monkeypa
 _CHILD = """
 import sys
 import pandas as pd
-from merlib.preprocess.pipeline import PreprocessConfig, run
+from merlib.config import PreprocessConfig
+from merlib.preprocess.workers import run
 run(pd.read_pickle(sys.argv[1]), PreprocessConfig(), sys.argv[2], jobs=1, progress=False)
 """
 
@@ -309,8 +330,8 @@ def test_cache_key_follows_the_config(tmp_path):
     base = PreprocessConfig()
     assert base.key() == PreprocessConfig().key() and len(base.key()) == 10
     variants = [PreprocessConfig(apex="detected"), PreprocessConfig(scheme="dlib68"),
-                PreprocessConfig(scheme="gacnn24"), PreprocessConfig(lwm_neighbors=8), PreprocessConfig(n_frames=8),
-                PreprocessConfig(size=112), PreprocessConfig(version=2)]
+                PreprocessConfig(scheme="gacnn24"), PreprocessConfig(lwm_neighbors=8),
+                PreprocessConfig(n_frames=8), PreprocessConfig(size=112), PreprocessConfig(version=2)]
     keys = {v.key() for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys
     assert cache_folder(tmp_path, "casme2", base) != cache_folder(tmp_path, "casme2", variants[0])
@@ -345,6 +366,43 @@ def test_identification_points_land_where_the_ground_truth_puts_them(processed, 
         print(f"ip{scheme} vs ground truth over {len(errs)} clips: median {np.median(e):.2f} px, "
               f"max {e.max():.2f} px")
         assert np.median(e) < 3.0 and e.max() < 10.0
+
+
+def test_records_hold_only_what_preprocessing_computed(processed):
+    for p in processed["folder"].glob("records/*.json"):
+        assert not [k for k in json.loads(p.read_text()) if k.startswith("gt_")], p.name
+    assert not [c for c in processed["manifest"].columns if c.startswith("gt_")]
+
+
+def test_apex_report_scores_the_detected_apex_against_synthme_ground_truth(processed, planted,
+                                                                          synth_root):
+    from merlib.synth import load_groundtruth
+
+    ok = report.usable(processed["manifest"], groundtruth_root=synth_root)
+    assert sorted(ok["subject"] + "/" + ok["clip"]) == sorted(planted["good"])
+    for r in ok.itertuples():
+        true = load_groundtruth(synth_root, r.subject, r.clip)["apex"]
+        assert r.gt_apex == true == r.apex_annotated     # SynthME's sheet holds the true apex
+        assert r.gt_abs_err == abs(r.apex_detected - true)
+        assert r.gt_rel_err == pytest.approx(abs(r.apex_detected - true) / r.n_frames_span)
+    table = report.apex_error_table(processed["manifest"], groundtruth_root=synth_root)
+    assert list(table["reference"]) == ["annotated apex", "ground truth (SynthME)"]
+    assert (table["clips"] == 4).all()
+    # the annotation is the ground truth here, so both rows score the same errors
+    pd.testing.assert_series_equal(table.iloc[0].drop("reference"), table.iloc[1].drop("reference"),
+                                   check_names=False)
+    # without the SynthME folder there is nothing to score against; a real dataset has no truth
+    assert list(report.apex_error_table(processed["manifest"])["reference"]) == ["annotated apex"]
+    with pytest.raises(ValueError, match="not a SynthME folder"):
+        report.usable(processed["manifest"], groundtruth_root=synth_root / "sub01")
+
+
+def test_the_pipeline_facade_keeps_the_old_names():
+    from merlib.preprocess import pipeline
+
+    assert pipeline.run is run and pipeline.PreprocessConfig is PreprocessConfig
+    assert pipeline.summary is pcache.summary and pipeline.manifest_path is pcache.manifest_path
+    assert pipeline.load_manifest is load_manifest and pipeline.STEPS is recipe.STEPS
 
 
 # ----------------------------------------------------------------------------- CLI
