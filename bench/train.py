@@ -4,7 +4,7 @@
 
 Prints, per variant (0 / 24 / 10 IBs):
 - the analytic FLOPs per clip of one training step (forward + backward; frozen parts counted
-  with no weight gradient, see merlib.model.analytic_flops), split into the once-per-view transfer
+  with no weight gradient, see merlib.flops.analytic_flops), split into the once-per-view transfer
   layer and the per-step trainable part;
 - measured clips/s of a training step from cached transfer maps (what `paper` runs every step),
   and the achieved TFLOP/s;
@@ -21,8 +21,10 @@ from importlib import resources
 import pandas as pd
 import torch
 
-from merlib.model import ModelConfig, analytic_flops, build_model
+from merlib.flops import analytic_flops
+from merlib.model import MERNet, ModelConfig
 from merlib.train import PROFILES, make_optimizer
+from merlib.weights import vgg16_features
 
 
 def dataset_sizes() -> dict[str, tuple[int, int]]:
@@ -56,7 +58,7 @@ def step_throughput(blocks: int, *, batch: int, steps: int, device: torch.device
     """Clips/s of `paper` training steps (GIA convolutions + heads trained) from transfer maps,
     and of the once-per-view transfer layer."""
     cfg = ModelConfig(blocks=blocks, freeze_transfer=True, freeze_gia_convs=False)
-    model = build_model(cfg, weights=None, allow_random=True).to(device)
+    model = MERNet(config=cfg, vgg_features=vgg16_features("random")[0]).to(device)
     bf16 = device.type == "cuda"
     if bf16:
         model = model.to(memory_format=torch.channels_last)

@@ -22,7 +22,8 @@ The gate φ (gACNN's attention net) is: 1×1 conv to 128 channels, ReLU, global 
 FC 64, ReLU, FC 1, sigmoid; so every gate value lies in (0, 1).
 
 Frames enter as float RGB in [0, 1]; with ``ModelConfig.normalize_input`` the model applies the
-ImageNet mean/std of the VGG16 weights itself.
+ImageNet mean/std of the VGG16 weights itself. The VGG16 layers come from
+``merlib.weights.vgg16_features`` (this module does no I/O).
 
 Block geometry: block centres are (x, y) in 224×224 pixel coordinates and sides in pixels. The
 window is ``roi_align(output_size=6, spatial_scale=1/8, aligned=True)``: feature cell i covers
@@ -34,22 +35,24 @@ roi_align repeats the border cell.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.ops import roi_align
-from torchvision.transforms import v2 as transforms_v2
+from torchvision.transforms.v2 import functional as TF
 
 TRANSFER_SLICE = slice(0, 19)  # conv1_1 … conv4_1 + ReLU
 GIA_SLICE = slice(19, 28)  # conv4_2 … conv5_2 + ReLU
 FEATURE_STRIDE = 8  # 224 -> 28
 IMAGE_SIZE = 224
 MAP_CHANNELS = 512
-VGG16_WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
+# The mean/std the ImageNet VGG16 weights were trained with (torchvision's preset; no I/O).
+_IMAGENET_PRESET = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()
+IMAGENET_MEAN = tuple(_IMAGENET_PRESET.mean)
+IMAGENET_STD = tuple(_IMAGENET_PRESET.std)
 
 
 @dataclass(frozen=True)
@@ -80,78 +83,6 @@ class ModelConfig:
     def fused_dim(self) -> int:
         """Per-frame feature size after fusion: 512, 1152 (10 IBs), 2048 (24 IBs)."""
         return self.global_dim + self.blocks * self.block_dim
-
-
-# ---------------------------------------------------------------------------------------------
-# weights
-
-
-def _vgg16_features_skeleton() -> nn.Sequential:
-    # Built on the meta device: no time spent on a random init that is overwritten anyway.
-    with torch.device("meta"):
-        return torchvision.models.vgg16(weights=None).features
-
-
-def _features_state(state: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
-    """Keys of a vgg16 state_dict ("features.0.weight", "classifier…") or of vgg16.features
-    ("0.weight") as the latter."""
-    if not isinstance(state, dict):
-        raise RuntimeError(f"{source}: expected a state_dict (dict of tensors), got {type(state).__name__}")
-    if any(k.startswith("features.") for k in state):
-        return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    return dict(state)
-
-
-def _load_into_skeleton(state: dict[str, Any], source: str) -> nn.Sequential:
-    features = _vgg16_features_skeleton()
-    try:
-        features.load_state_dict(_features_state(state, source), strict=True, assign=True)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{source} is not a VGG16 (or VGG16.features) state_dict: {exc}") from exc
-    return features
-
-
-def imagenet_cache_file() -> Path:
-    """Where torch hub keeps the ImageNet VGG16 file: ``torch.hub.get_dir()/checkpoints/<name>``."""
-    name = VGG16_WEIGHTS.url.rsplit("/", 1)[-1]
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
-
-
-def load_vgg16_features(weights: str | Path | None, *, allow_random: bool = False) -> nn.Sequential:
-    """VGG16 ``features`` (31 layers) with the requested weights.
-
-    - ``"imagenet"``: torchvision's ``VGG16_Weights.IMAGENET1K_V1`` through the torch hub cache
-      (downloaded when missing and the network allows; otherwise RuntimeError naming the file).
-    - a path to a ``.pth`` state_dict of ``vgg16`` or of ``vgg16.features`` (``weights_only``).
-    - ``None``: random init, only when ``allow_random`` (tests, smoke runs).
-    """
-    if weights is None:
-        if not allow_random:
-            raise ValueError("load_vgg16_features: weights=None gives random VGG16 weights; pass "
-                             "allow_random=True to accept that, or weights='imagenet' / a .pth path")
-        return torchvision.models.vgg16(weights=None).features
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        cached = imagenet_cache_file()
-        try:
-            state = torch.hub.load_state_dict_from_url(
-                VGG16_WEIGHTS.url, model_dir=str(cached.parent), map_location="cpu",
-                progress=False, weights_only=True)
-        except Exception as exc:  # no network, proxy, corrupt partial file …
-            raise RuntimeError(
-                f"ImageNet VGG16 weights not available: looked for {cached} (torch hub cache, "
-                f"torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it) and the download of "
-                f"{VGG16_WEIGHTS.url} failed ({type(exc).__name__}: {exc}). Copy that file to "
-                f"{cached}, or pass weights=<path to a vgg16 .pth state_dict>.") from exc
-        return _load_into_skeleton(state, str(cached))
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG16 weights file not found: {path.resolve()} (expected a .pth "
-                                f"state_dict of torchvision vgg16 or vgg16.features, or 'imagenet')")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"cannot read VGG16 weights from {path}: {type(exc).__name__}: {exc}") from exc
-    return _load_into_skeleton(state, str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +152,37 @@ class BlockGate(nn.Module):
         return torch.sigmoid(self.fc2(x)).squeeze(2)  # (N, K)
 
 
+class TransferLayer(nn.Sequential):
+    """The transfer layer (Sec. 3.1): VGG16 ``features[:19]``, conv1_1 … conv4_1 + ReLU, per frame.
+
+    An ``nn.Sequential`` of the given layers under their own indices, so state_dict keys stay
+    ``<i>.weight``; the VGG layers are shared with ``layers``, not copied. Runs without autograd
+    when frozen (no stored activations)."""
+
+    def __init__(self, *, layers: nn.Sequential, normalize: bool = True) -> None:
+        super().__init__(OrderedDict(layers.named_children()))
+        self.normalize = normalize  # plain attribute: not a child, so not iterated or indexed
+
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        if isinstance(idx, slice):  # nn.Sequential would call our keyword-only constructor
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, 224, 224) float RGB in [0, 1] -> (B, T, 512, 28, 28)."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
+        if not frames.is_floating_point():
+            raise TypeError(f"frames must be float RGB in [0, 1], got {frames.dtype}")
+        b, t = frames.shape[:2]
+        x = frames.flatten(0, 1)  # (B·T, 3, 224, 224)
+        if self.normalize:
+            x = TF.normalize(x, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        with _grad_for(self):
+            x = super().forward(x)  # (B·T, 512, 28, 28)
+        return x.unflatten(0, (b, t))  # (B, T, 512, 28, 28)
+
+
 class GlobalAttention(nn.Module):
     """GIA (Sec. 3.3): VGG16 conv4_2 … conv5_2, then p_g·τ_g."""
 
@@ -267,12 +229,15 @@ class BlockAttention(nn.Module):
                         sampling_ratio=-1, aligned=True)  # (N·K, C, 6, 6)
         return out.unflatten(0, (n, k))
 
-    def forward(self, f28: torch.Tensor, centres: torch.Tensor,
-                sides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        crops = self.crop(f28, centres, sides)  # (N, K, 512, 6, 6)
+    def forward_crops(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eqs. (1)–(3) on windows already cut: (N, K, 512, 6, 6) -> α (N, K, 64), p (N, K)."""
         tau = torch.relu(self.tau(crops.flatten(2)))  # (N, K, 64)  τ_k, Eq. (2)
         p = self.gate(crops)  # (N, K)  p_k, Eq. (1)
         return p.unsqueeze(2) * tau, p  # α_k = p_k·τ_k, Eq. (3)
+
+    def forward(self, f28: torch.Tensor, centres: torch.Tensor,
+                sides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_crops(self.crop(f28, centres, sides))  # crops (N, K, 512, 6, 6)
 
 
 class TemporalHead(nn.Module):
@@ -303,7 +268,7 @@ class TemporalHead(nn.Module):
 
 class MERNet(nn.Module):
     """Transfer layer + GIA + BIA + Bi-LSTM (Fig. 1). ``vgg_features``: a VGG16 ``features``
-    module (see ``load_vgg16_features``); its layers are shared, not copied."""
+    module (see ``merlib.weights.vgg16_features``); its layers are shared, not copied."""
 
     def __init__(self, *, config: ModelConfig, vgg_features: nn.Sequential) -> None:
         super().__init__()
@@ -311,9 +276,8 @@ class MERNet(nn.Module):
             raise ValueError(f"vgg_features has {len(vgg_features)} layers; need VGG16 features "
                              f"(at least {GIA_SLICE.stop})")
         self.config = config
-        ref = VGG16_WEIGHTS.transforms()
-        self.normalize = transforms_v2.Normalize(mean=list(ref.mean), std=list(ref.std))
-        self.transfer_layer = vgg_features[TRANSFER_SLICE]
+        self.transfer_layer = TransferLayer(layers=vgg_features[TRANSFER_SLICE],
+                                            normalize=config.normalize_input)
         self.gia = GlobalAttention(convs=vgg_features[GIA_SLICE], out_dim=config.global_dim,
                                    gate_channels=config.gate_channels, gate_hidden=config.gate_hidden)
         self.bia = (BlockAttention(blocks=config.blocks, crop=config.crop, out_dim=config.block_dim,
@@ -328,17 +292,7 @@ class MERNet(nn.Module):
     # -- convolution stages (what the 'quick' profile caches) --------------------------------
     def transfer(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, 224, 224) float RGB in [0, 1] -> (B, T, 512, 28, 28)."""
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
-        if not frames.is_floating_point():
-            raise TypeError(f"frames must be float RGB in [0, 1], got {frames.dtype}")
-        b, t = frames.shape[:2]
-        x = frames.flatten(0, 1)  # (B·T, 3, 224, 224)
-        if self.config.normalize_input:
-            x = self.normalize(x)
-        with _grad_for(self.transfer_layer):
-            x = self.transfer_layer(x)  # (B·T, 512, 28, 28)
-        return x.unflatten(0, (b, t))
+        return self.transfer_layer(frames)
 
     def gia_convs(self, f28: torch.Tensor) -> torch.Tensor:
         """(B, T, 512, 28, 28) -> (B, T, 512, 14, 14)."""
@@ -358,12 +312,24 @@ class MERNet(nn.Module):
         if tuple(sides.shape) != (b, t, k):
             raise ValueError(f"sides must be (B, T, K) = {(b, t, k)}, got {tuple(sides.shape)}")
 
+    def _check_crops(self, crops: torch.Tensor, centres: torch.Tensor | None,
+                     sides: torch.Tensor | None, b: int, t: int) -> None:
+        if centres is not None or sides is not None:
+            raise ValueError("pass crops or centres/sides, not both (crops are already cut)")
+        c, s = MAP_CHANNELS, self.config.crop
+        expected = (b, t, self.config.blocks, c, s, s)
+        if tuple(crops.shape) != expected:
+            raise ValueError(f"crops must be (B, T, K, 512, {s}, {s}) = {expected}, "
+                             f"got {tuple(crops.shape)}")
+
     def forward_features_from_maps(
         self, f28: torch.Tensor | None, f14: torch.Tensor | None, centres: torch.Tensor | None,
-        sides: torch.Tensor | None, *, return_gates: bool = False,
+        sides: torch.Tensor | None, *, crops: torch.Tensor | None = None, return_gates: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused per-frame features (B, T, 64·K + 512) from the 28×28 maps (needed when K > 0 or
-        f14 is None) and optionally the 14×14 maps. With ``return_gates`` also
+        f14 is None) and optionally the 14×14 maps. ``crops`` (B, T, K, 512, 6, 6): the block
+        windows already cut (``bia.crop``), in place of f28 + centres + sides for BIA, so cached
+        maps can be cropped once. With ``return_gates`` also
         {"global": p_g (B, T), "blocks": p_k (B, T, K)}."""
         if f14 is None:
             if f28 is None:
@@ -374,10 +340,15 @@ class MERNet(nn.Module):
         parts = [g]
         p_k = g.new_zeros(b * t, 0)
         if self.bia is not None:
-            if f28 is None:
-                raise ValueError(f"blocks={self.config.blocks}: f28 (B, T, 512, 28, 28) is required")
-            self._check_blocks(centres, sides, b, t)
-            a, p_k = self.bia(f28.flatten(0, 1), centres.flatten(0, 1), sides.flatten(0, 1))  # (B·T, K, 64)
+            if crops is not None:
+                self._check_crops(crops, centres, sides, b, t)
+                a, p_k = self.bia.forward_crops(crops.flatten(0, 1))  # (B·T, K, 64)
+            else:
+                if f28 is None:
+                    raise ValueError(f"blocks={self.config.blocks}: f28 (B, T, 512, 28, 28) or "
+                                     f"crops is required")
+                self._check_blocks(centres, sides, b, t)
+                a, p_k = self.bia(f28.flatten(0, 1), centres.flatten(0, 1), sides.flatten(0, 1))  # (B·T, K, 64)
             parts.insert(0, a.flatten(1))  # blocks first, then global (Fig. 1)
         fused = torch.cat(parts, dim=1).unflatten(0, (b, t))  # (B, T, D)
         if return_gates:
@@ -399,92 +370,10 @@ class MERNet(nn.Module):
         return self.head(features)
 
     def forward_from_maps(self, f28: torch.Tensor | None, f14: torch.Tensor | None,
-                          centres: torch.Tensor | None = None,
-                          sides: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features_from_maps(f28, f14, centres, sides))
+                          centres: torch.Tensor | None = None, sides: torch.Tensor | None = None,
+                          *, crops: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features_from_maps(f28, f14, centres, sides, crops=crops))
 
     def forward(self, frames: torch.Tensor, centres: torch.Tensor | None = None,
                 sides: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(frames, centres, sides))
-
-
-def build_model(config: ModelConfig, *, weights: str | Path | None,
-                allow_random: bool = False) -> MERNet:
-    """``MERNet`` on VGG16 features from ``load_vgg16_features(weights, allow_random=…)``."""
-    return MERNet(config=config, vgg_features=load_vgg16_features(weights, allow_random=allow_random))
-
-
-# ---------------------------------------------------------------------------------------------
-# analytic cost
-
-
-def analytic_flops(config: ModelConfig, *, T: int = 10, train: bool = True) -> dict[str, Any]:
-    """Multiply-accumulates of one clip (T frames at 224×224), layer by layer.
-
-    Counting rule: only conv / linear / LSTM matrix products count (as FlopCounterMode does);
-    FLOPs = 2·MACs; ReLU, pooling, sigmoid, roi_align and the gating products are ignored.
-    Backward of a layer = its forward MACs for the weight gradient if it trains, plus its forward
-    MACs again for the input gradient if anything upstream of it trains. So frozen layers cost
-    nothing backward unless a trainable layer lies before them, and the very first layer
-    (conv1_1, fed by images) never computes an input gradient. ``train=False``: backward = 0.
-
-    Returns {"layers": [{name, part, macs, forward, backward}], "parts": {part: {forward,
-    backward}}, "forward", "backward", "total"} with FLOP counts per clip.
-    """
-    rows: list[tuple[str, str, int, bool, bool]] = []  # name, part, macs, trains, input_grad
-    upstream = False  # does anything before the current layer train?
-
-    # VGG layers, walked on a meta copy so the sizes come from torchvision's own definition.
-    conv_names = iter(["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-                       "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2"])
-    size = IMAGE_SIZE
-    for i, layer in enumerate(_vgg16_features_skeleton()[:GIA_SLICE.stop]):
-        part = "transfer" if i < TRANSFER_SLICE.stop else "gia_convs"
-        trains = not (config.freeze_transfer if part == "transfer" else config.freeze_gia_convs)
-        if isinstance(layer, nn.Conv2d):
-            kh, kw = layer.kernel_size
-            macs = size * size * layer.out_channels * layer.in_channels * kh * kw * T
-            rows.append((next(conv_names), part, macs, trains, upstream))
-            upstream = upstream or trains
-        elif isinstance(layer, nn.MaxPool2d):
-            size //= 2
-    after_transfer = not config.freeze_transfer  # input of the BIA crops carries a gradient
-    after_convs = upstream  # input of the GIA head carries a gradient
-
-    c, g, gh = MAP_CHANNELS, config.gate_channels, config.gate_hidden
-    rows += [
-        ("tau_g", "gia_head", size * size * c * config.global_dim * T, True, after_convs),
-        ("phi_g.conv", "gia_head", size * size * c * g * T, True, after_convs),
-        ("phi_g.fc1", "gia_head", g * gh * T, True, True),
-        ("phi_g.fc2", "gia_head", gh * T, True, True),
-    ]
-    k, s = config.blocks, config.crop * config.crop
-    if k:
-        rows += [
-            ("tau_k", "bia", k * c * s * config.block_dim * T, True, after_transfer),
-            ("phi_k.conv", "bia", k * s * c * g * T, True, after_transfer),
-            ("phi_k.fc1", "bia", k * g * gh * T, True, True),
-            ("phi_k.fc2", "bia", k * gh * T, True, True),
-        ]
-    h = config.lstm_hidden
-    rows += [
-        ("lstm.input", "lstm", 2 * T * 4 * h * config.fused_dim, True, True),
-        ("lstm.recurrent", "lstm", 2 * T * 4 * h * h, True, True),
-    ]
-    width = 2 * h
-    for j, hidden in enumerate((*config.head_hidden, config.num_classes)):
-        rows.append((f"fc{j + 1}", "classifier", width * hidden, True, True))
-        width = hidden
-
-    layers, parts = [], {}
-    for name, part, macs, trains, input_grad in rows:
-        fwd = 2 * macs
-        bwd = (fwd * trains + fwd * input_grad) if train else 0
-        layers.append({"name": name, "part": part, "macs": macs, "forward": fwd, "backward": bwd})
-        acc = parts.setdefault(part, {"forward": 0, "backward": 0})
-        acc["forward"] += fwd
-        acc["backward"] += bwd
-    forward = sum(p["forward"] for p in parts.values())
-    backward = sum(p["backward"] for p in parts.values())
-    return {"layers": layers, "parts": parts, "forward": forward, "backward": backward,
-            "total": forward + backward, "T": T, "blocks": k}

@@ -1,5 +1,6 @@
-"""GIA + BIA + Bi-LSTM: shapes, gates, gradients, per-block weights, block geometry, weights
-loader and the analytic FLOP count (random weights throughout; no network)."""
+"""GIA + BIA + Bi-LSTM: shapes, gates, gradients, per-block weights, block geometry, precomputed
+crops and the analytic FLOP count (random weights throughout; no network; the weights loader is
+tested in test_weights.py)."""
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from merlib.model import (AttentionGate, BlockAttention, BlockLinear, MERNet, ModelConfig,
-                          analytic_flops, build_model, imagenet_cache_file, load_vgg16_features)
+from merlib.flops import analytic_flops
+from merlib.model import (
+    AttentionGate,
+    BlockAttention,
+    BlockLinear,
+    MERNet,
+    ModelConfig,
+    TransferLayer,
+)
 
 FUSED = {0: 512, 10: 1152, 24: 2048}
 
@@ -20,7 +28,7 @@ FUSED = {0: 512, 10: 1152, 24: 2048}
 @pytest.fixture(scope="module")
 def vgg() -> nn.Sequential:
     torch.manual_seed(0)
-    return load_vgg16_features(None, allow_random=True)
+    return torchvision.models.vgg16(weights=None).features
 
 
 def make(vgg: nn.Sequential, **cfg) -> MERNet:
@@ -146,6 +154,43 @@ def test_bad_inputs(vgg):
 
 
 # ---------------------------------------------------------------------------------------------
+# transfer layer
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ImageNet preset
+
+
+def test_transfer_layer_keeps_vgg_keys_and_indexing(vgg):
+    m = make(vgg, blocks=0)
+    assert isinstance(m.transfer_layer, TransferLayer)
+    keys = {k for k in m.state_dict() if k.startswith("transfer_layer.")}
+    # the VGG16 features indices of conv1_1 … conv4_1, as in a torchvision checkpoint
+    assert keys == {f"transfer_layer.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14, 17)
+                    for p in ("weight", "bias")}
+    assert len(m.transfer_layer) == 19
+    head = m.transfer_layer[:5]
+    assert type(head) is nn.Sequential and len(head) == 5
+    assert torch.equal(m.transfer_layer[17].weight, vgg[17].weight)
+
+
+def test_transfer_layer_normalizes_and_runs_per_frame(vgg):
+    layers = copy.deepcopy(vgg[:19])
+    raw = TransferLayer(layers=layers, normalize=False).eval()
+    norm = TransferLayer(layers=layers, normalize=True).eval()
+    frames = torch.rand(1, 2, 3, 32, 32)  # any size: stride 8
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in IMAGENET_MEAN_STD)
+    with torch.no_grad():
+        out = norm(frames)
+        assert out.shape == (1, 2, 512, 4, 4)
+        torch.testing.assert_close(out, raw((frames - mean) / std))
+        # frame 1 alone through the plain VGG slice gives the same map
+        torch.testing.assert_close(raw(frames)[0, 1], layers(frames[0, 1:2])[0])
+    layers.requires_grad_(False)
+    assert not raw(frames).requires_grad  # frozen: no autograd graph kept
+    layers.requires_grad_(True)
+    assert raw(frames).requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
 # per-block weights
 
 
@@ -251,71 +296,41 @@ def test_only_covering_block_output_is_nonzero(vgg):
 
 
 # ---------------------------------------------------------------------------------------------
-# weights loader
+# precomputed block crops
 
 
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    """Point the torch hub cache at an empty folder and make any download fail at once."""
-    def refuse(url, *args, **kwargs):
-        raise OSError(f"network disabled in tests ({url})")
-
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    return tmp_path / "hub" / "checkpoints"
-
-
-def test_loader_round_trip_features_state_dict(vgg, tmp_path):
-    path = tmp_path / "features.pth"
-    torch.save(vgg.state_dict(), path)
-    loaded = load_vgg16_features(path)
-    assert len(loaded) == len(vgg) == 31
-    for (ka, a), (kb, b) in zip(vgg.state_dict().items(), loaded.state_dict().items()):
-        assert ka == kb and torch.equal(a, b)
-
-
-def test_loader_accepts_whole_vgg16_state_dict(vgg, tmp_path):
-    state = {f"features.{k}": v for k, v in vgg.state_dict().items()}
-    state["classifier.6.weight"] = torch.zeros(3, 4)  # classifier keys are ignored
-    path = tmp_path / "vgg16.pth"
-    torch.save(state, path)
-    loaded = load_vgg16_features(str(path))
-    assert torch.equal(loaded[28].weight, vgg[28].weight)
-    m = build_model(ModelConfig(blocks=0), weights=path)
-    assert torch.equal(m.transfer_layer[0].weight, vgg[0].weight)
+def test_precomputed_crops_give_the_same_features(vgg):
+    m = make(vgg, blocks=10).eval()
+    b, t = 2, 3
+    f28, f14 = torch.rand(b, t, 512, 28, 28), torch.rand(b, t, 512, 14, 14)
+    centres, sides = blocks_for(b, t, 10, side=30.0)
+    with torch.no_grad():
+        crops = m.bia.crop(f28.flatten(0, 1), centres.flatten(0, 1), sides.flatten(0, 1))
+        assert crops.shape == (b * t, 10, 512, 6, 6)
+        a, p = m.bia(f28.flatten(0, 1), centres.flatten(0, 1), sides.flatten(0, 1))
+        a2, p2 = m.bia.forward_crops(crops)
+        assert torch.equal(a, a2) and torch.equal(p, p2)
+        crops = crops.unflatten(0, (b, t))  # (B, T, K, 512, 6, 6)
+        ref, ref_gates = m.forward_features_from_maps(f28, f14, centres, sides, return_gates=True)
+        got, gates = m.forward_features_from_maps(None, f14, None, None, crops=crops, return_gates=True)
+        assert torch.equal(got, ref)
+        assert torch.equal(gates["blocks"], ref_gates["blocks"])
+        assert torch.equal(m.forward_from_maps(None, f14, crops=crops), m.forward_head(ref))
 
 
-def test_loader_errors(tmp_path):
-    missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_vgg16_features(missing)
-    with pytest.raises(ValueError, match="allow_random"):
-        load_vgg16_features(None)
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(b"PK\x03\x04 not a real checkpoint")
-    with pytest.raises(RuntimeError, match="truncated.pth"):
-        load_vgg16_features(truncated)
-    wrong = tmp_path / "resnet.pth"
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, wrong)
-    with pytest.raises(RuntimeError, match="resnet.pth.*not a VGG16"):
-        load_vgg16_features(wrong)
-
-
-def test_imagenet_without_cache_names_the_file(no_network):
-    expected = no_network / "vgg16-397923af.pth"
-    assert imagenet_cache_file() == expected
-    with pytest.raises(RuntimeError) as err:
-        load_vgg16_features("imagenet")
-    assert str(expected) in str(err.value)
-    assert "download.pytorch.org" in str(err.value)
-
-
-def test_imagenet_from_hub_cache(vgg, no_network):
-    no_network.mkdir(parents=True)
-    torch.save({f"features.{k}": v for k, v in vgg.state_dict().items()},
-               no_network / "vgg16-397923af.pth")
-    loaded = load_vgg16_features("imagenet")  # downloads are refused: it must come from the cache
-    assert torch.equal(loaded[0].weight, vgg[0].weight)
+def test_precomputed_crops_bad_inputs(vgg):
+    m = make(vgg, blocks=10).eval()
+    f14 = torch.rand(1, 2, 512, 14, 14)
+    crops = torch.rand(1, 2, 10, 512, 6, 6)
+    centres, sides = blocks_for(1, 2, 10)
+    with pytest.raises(ValueError, match="crops"):
+        m.forward_features_from_maps(None, f14, None, None, crops=crops[:, :, :9])
+    with pytest.raises(ValueError, match="crops"):
+        m.forward_features_from_maps(None, f14, None, None, crops=crops[..., :5, :5])
+    with pytest.raises(ValueError, match="not both"):
+        m.forward_features_from_maps(None, f14, centres, sides, crops=crops)
+    with pytest.raises(ValueError, match="f28"):
+        m.forward_features_from_maps(None, None, None, None, crops=crops)
 
 
 # ---------------------------------------------------------------------------------------------
