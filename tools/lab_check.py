@@ -272,7 +272,7 @@ def ensure_chromium() -> str | None:
     lock = ["-o", "DPkg::Lock::Timeout=300"]
     t0 = time.monotonic()
     for cmd in (["apt-get", *lock, "update", "-qq"],
-                ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+                ["apt-get", *lock, "install", "-y", "-qq", "chromium"]):
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if done.returncode != 0:
             tail = " | ".join(done.stdout.strip().splitlines()[-2:])
@@ -354,19 +354,23 @@ def stop_lab(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def delete_sessions(base: str) -> None:
-    """Shut down the kernels the opened notebooks started (this server's only)."""
-    try:
-        with urllib.request.urlopen(f"{base}/api/sessions", timeout=5) as r:
-            sessions = json.load(r)
-        for s in sessions:
-            req = urllib.request.Request(f"{base}/api/sessions/{s['id']}", method="DELETE")
-            urllib.request.urlopen(req, timeout=10).close()
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
-        pass
-
-
 # ---------------------------------------------------------------- the page
+
+# Shut down the kernel sessions on this server (the page's own, from earlier pages too), from the
+# page itself: the server wants the page's _xsrf cookie echoed in a header for a DELETE.
+END_SESSIONS_JS = r"""
+async () => {
+  const m = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  const headers = m ? {'X-XSRFToken': decodeURIComponent(m[1])} : {};
+  const sessions = await (await fetch('/api/sessions')).json();
+  let ended = 0;
+  for (const s of sessions) {
+    const r = await fetch('/api/sessions/' + s.id, {method: 'DELETE', headers});
+    if (r.ok) ended += 1;
+  }
+  return [sessions.length, ended];
+}
+"""
 
 # Everything the rules need, as plain data: one record per rendered output.
 COLLECT_JS = r"""
@@ -393,17 +397,20 @@ COLLECT_JS = r"""
 }
 """
 
-# Rendered when: the notebook and its cells are attached, the kernel session is ready (ipywidgets
-# restores saved widgets only then), no widget says "Loading widget..." and every <img> decoded.
+# Rendered when: the notebook and its cells are attached, its kernel session exists and is idle
+# (ipywidgets restores saved widgets only then), no widget says "Loading widget..." and every
+# <img> has decoded.
 READY_JS = r"""
-(expectedCells) => {
+async ([expectedCells, path]) => {
   const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
   if (!panel) return 'no notebook panel';
   const cells = panel.querySelectorAll('.jp-Notebook .jp-Cell');
   if (cells.length < expectedCells) return `cells ${cells.length}/${expectedCells}`;
+  const sessions = await (await fetch('/api/sessions')).json();
+  if (!sessions.some(s => s.path === path)) return 'no kernel session yet';
   const status = panel.querySelector('.jp-Notebook-ExecutionIndicator');
-  const kernel = status ? status.getAttribute('data-status') : null;
-  if (kernel && !['idle', 'busy'].includes(kernel)) return `kernel ${kernel}`;
+  const kernel = status ? status.getAttribute('data-status') : 'idle';
+  if (!['idle', 'busy'].includes(kernel)) return `kernel ${kernel}`;
   const loading = [...panel.querySelectorAll('.jp-OutputArea-output')]
       .filter(o => (o.innerText || '').includes('Loading widget...')).length;
   if (loading) return `${loading} widget(s) loading`;
@@ -438,7 +445,7 @@ def check_notebook(page, base: str, rel: str, nb: dict, shot: Path, timeout: flo
     deadline = time.monotonic() + timeout
     why, stable = "not started", 0
     while time.monotonic() < deadline:
-        why = page.evaluate(READY_JS, expected_cells)
+        why = page.evaluate(READY_JS, [expected_cells, rel])
         dialog = page.query_selector(".jp-Dialog")
         if dialog is not None:
             text = _short(dialog.inner_text(), 120)
@@ -555,8 +562,11 @@ def main(argv: list[str] | None = None) -> int:
                         except Exception as e:  # a page that never loads is a finding, not a crash
                             problems.append(f"browser: {type(e).__name__}: {_short(str(e), 160)}")
                         finally:
+                            try:
+                                page.evaluate(END_SESSIONS_JS)
+                            except Exception:
+                                pass  # the server's own shutdown ends any kernel left
                             page.close()
-                            delete_sessions(base)
                         failed |= bool(problems)
                         print(report_line(rel, problems), flush=True)
                 finally:
