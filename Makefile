@@ -11,7 +11,7 @@ PROFILE ?= quick
 PRESET ?= demo
 SEED ?= 0
 
-.PHONY: all env weights test unit nbval reproduce lab clean-env
+.PHONY: all env weights test unit nbval reproduce lab lab-check clean-env
 
 all: test
 
@@ -56,6 +56,12 @@ reproduce: $(STAMP) $(WEIGHTS_TRIED)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# Render every executed notebook in JupyterLab (headless Debian chromium, apt-installed when
+# missing; no cell is run) and check figures, tracebacks and progress bars; one line per notebook,
+# screenshots in docs/screenshots/. NB_DIR=runs/<run> checks a batch run's copies instead.
+lab-check: $(STAMP)
+	$(BIN)/python tools/lab_check.py $(if $(NB_DIR),--dir $(NB_DIR),)
 
 clean-env:
 	rm -rf $(VENV)
