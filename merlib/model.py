@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
+
+from merlib.config import ModelConfig  # defined with the run configs; re-exported here
 
 TRANSFER_SLICE = slice(0, 19)  # conv1_1 … conv4_1 + ReLU
 GIA_SLICE = slice(19, 28)  # conv4_2 … conv5_2 + ReLU
@@ -53,36 +54,6 @@ MAP_CHANNELS = 512
 _IMAGENET_PRESET = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()
 IMAGENET_MEAN = tuple(_IMAGENET_PRESET.mean)
 IMAGENET_STD = tuple(_IMAGENET_PRESET.std)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and which parts train. ``blocks``: 0 ("Without IBs"), 24 or 10."""
-
-    blocks: int = 10
-    freeze_transfer: bool = True
-    freeze_gia_convs: bool = False  # True for the CPU 'quick' profile (maps cached per clip)
-    dropout: float = 0.5
-    lstm_hidden: int = 128
-    global_dim: int = 512  # τ_g output
-    block_dim: int = 64  # τ_k output
-    gate_channels: int = 128  # φ: 1×1 conv width
-    gate_hidden: int = 64  # φ: hidden FC width
-    crop: int = 6  # block window side on the 28×28 map
-    head_hidden: tuple[int, ...] = (128, 64)  # 3 FC layers in all: 256 -> 128 -> 64 -> classes
-    num_classes: int = 3
-    normalize_input: bool = True  # ImageNet mean/std inside the model
-
-    def __post_init__(self) -> None:
-        if self.blocks < 0:
-            raise ValueError(f"ModelConfig.blocks must be >= 0, got {self.blocks}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def fused_dim(self) -> int:
-        """Per-frame feature size after fusion: 512, 1152 (10 IBs), 2048 (24 IBs)."""
-        return self.global_dim + self.blocks * self.block_dim
 
 
 # ---------------------------------------------------------------------------------------------
