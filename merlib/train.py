@@ -1,16 +1,25 @@
 """LOSO training of the GIA + BIA + Bi-LSTM model (paper Sec. 4.3-4.4, DESIGN §6).
 
+Shaped like torchvision's ``references/classification/train.py``: :func:`train_one_epoch` and
+:func:`evaluate` are the loop; :func:`run_fold` trains and predicts one held-out subject and is a
+top-level function a worker process can call on its own; :func:`run_loso` plans the folds once,
+calls :func:`run_fold` per fold and pools.
+
 Honesty rules built in:
 - folds are scikit-learn's ``LeaveOneGroupOut`` with groups = subject;
 - the model after the **last** epoch is evaluated on the held-out subject; nothing about the test
   subject steers training or selection (no early stopping, no best-epoch pick);
-- seeds are fixed per fold; each fold writes its predictions and a checkpoint, and a rerun skips
-  finished folds, so an interrupted run resumes at the first unfinished fold.
+- seeds are fixed per fold; each fold writes its predictions, and a rerun skips finished folds,
+  so an interrupted run resumes at the first unfinished fold;
+- a rerun into a folder that holds another configuration or another sample index is refused
+  (finished folds of the old run would otherwise be pooled with new ones).
 
 Speed: the frozen convolutions are run once per clip and *view* (view 0 is the clip itself, views
 1.. are pre-drawn augmentations: rotation + crop, the same draw for all frames, IPs carried along)
 and their maps are reused across folds and epochs. ``quick`` freezes every convolution (maps after
-conv5_2 cached too); ``paper`` freezes the transfer layer and trains the GIA convolutions.
+conv5_2 cached too); ``paper`` freezes the transfer layer and trains the GIA convolutions. With one
+view and frozen GIA convolutions the block windows never change either, so they are cut once per
+run (:func:`precompute_crops`) instead of at every step.
 """
 from __future__ import annotations
 
@@ -18,8 +27,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,54 +39,18 @@ from sklearn.model_selection import LeaveOneGroupOut
 from torch import nn
 from tqdm.auto import tqdm
 
-from merlib.augment import AugmentConfig, draw_affine, warp_frames, warp_points, warp_sides
-from merlib.config import CLASSES, atomic_write_text, save_config, to_jsonable
-from merlib.model import MERNet, ModelConfig, build_model, load_vgg16_features
+from merlib.augment import draw_affine, warp_frames, warp_points, warp_sides
+from merlib.config import (CLASSES, ModelConfig, RunConfig, TrainConfig, atomic_write_text,
+                           config_changes, save_config, to_jsonable)
+from merlib.model import MERNet
+from merlib.weights import vgg16_features
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
-INPUTS = ("frames", "onset_delta")
+PLAN_FILE = "plan.json"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    profile: str = "quick"
-    blocks: int = 10
-    epochs: int = 100
-    batch_size: int = 16
-    lr: float = 1e-4
-    l2: float = 1e-5           # lambda: loss += l2 * sum ||w||^2 over trainable parameters
-    views: int = 16            # pre-augmented views per clip (view 0 = no augmentation)
-    train_gia_convs: bool = True
-    weights: str = "imagenet"  # imagenet | random | auto | path to a VGG16 state_dict
-    dropout: float = 0.5
-    seed: int = 0
-    device: str = "auto"       # auto | cpu | cuda
-    bf16: bool = True          # autocast on CUDA only
-    shuffle_labels: bool = False  # sanity check: permute the training labels within each fold
-    checkpoints: bool = True   # write each fold's trainable weights (~100-170 MB per fold)
-    inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
-    augment: AugmentConfig = AugmentConfig()
-
-    def __post_init__(self) -> None:
-        if self.inputs not in INPUTS:
-            raise ValueError(f"TrainConfig.inputs must be one of {INPUTS}, got {self.inputs!r}")
-
-
-PROFILES = {
-    "paper": TrainConfig(profile="paper", epochs=100, views=16, train_gia_convs=True,
-                         weights="imagenet"),
-    # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes, with
-    # every convolution frozen and (without ImageNet weights) random. On such maps the static face
-    # swamps the micro-motion and the model does not fit in that budget; onset-relative maps let
-    # it learn (docs/DECISIONS.md, "What quick can show"). Not the paper's input: labelled so.
-    # Checkpoints are not kept: 30 folds of a demo run would take ~4 GB.
-    "quick": TrainConfig(profile="quick", epochs=5, views=1, train_gia_convs=False,
-                         weights="auto", checkpoints=False, inputs="onset_delta"),
-}
-
-
-def profile_config(profile: str, **overrides) -> TrainConfig:
-    return replace(PROFILES[profile], **overrides)
+class ResumeRefused(ValueError):
+    """The output folder holds a run of another configuration or index."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,31 +94,11 @@ def load_clipset(manifest: pd.DataFrame, blocks: int) -> ClipSet:
 
 # --------------------------------------------------------------------------- model
 
-def random_vgg16_features() -> nn.Sequential:
-    """Random VGG16 weights as one fixed draw (seed 0), like a weights file: the frozen maps, and
-    their cache, do not change with the training seed, which only draws the trainable part."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return load_vgg16_features(None, allow_random=True)
-
-
 def make_model(model_cfg: ModelConfig, weights: str) -> tuple[MERNet, str]:
-    """The model and a tag saying which VGG16 weights it really has.
-
-    ``imagenet`` and file paths are strict (a clear error when missing); ``random`` is random
-    init on request; ``auto`` takes ImageNet when the torch hub cache has it, else random init,
-    and the tag records which, so results never pass random features off as ImageNet ones.
-    """
-    if weights == "random":
-        return MERNet(config=model_cfg, vgg_features=random_vgg16_features()), "random"
-    if weights == "auto":
-        try:
-            return build_model(model_cfg, weights="imagenet"), "imagenet"
-        except RuntimeError as exc:
-            first_line = str(exc).split(". ")[0]
-            return (MERNet(config=model_cfg, vgg_features=random_vgg16_features()),
-                    f"random (auto: {first_line})")
-    return build_model(model_cfg, weights=weights), str(weights)
+    """The model and a tag saying which VGG16 weights it really has (``merlib.weights`` holds the
+    policy: results never pass random features off as ImageNet ones)."""
+    features, tag = vgg16_features(weights)
+    return MERNet(config=model_cfg, vgg_features=features), tag
 
 
 # --------------------------------------------------------------------------- frozen maps
@@ -168,7 +122,7 @@ def _to_float(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_maps(model: nn.Module, clips: ClipSet, cfg: TrainConfig, device: torch.device,
+def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.device,
                  *, progress: bool = True) -> Maps:
     """Run the frozen convolutions once per clip and view."""
     model.eval()
@@ -197,7 +151,7 @@ def compute_maps(model: nn.Module, clips: ClipSet, cfg: TrainConfig, device: tor
 def maps_key(prep_key: str, clips: ClipSet, cfg: TrainConfig, weights_tag: str) -> str:
     """Cache key of the frozen maps: preprocessing, clips, weights, views, and the augmentation and
     seed that draw views 1.. (with one view, the clip itself, neither matters; random VGG16
-    weights are a fixed draw, see :func:`random_vgg16_features`)."""
+    weights are a fixed draw, see ``merlib.weights``)."""
     spec = json.dumps({"prep": prep_key, "weights": weights_tag, "views": cfg.views,
                        "clips": hashlib.sha256("|".join(clips.meta["subject"] + "/" + clips.meta["clip"])
                                                .encode()).hexdigest(),
@@ -222,7 +176,7 @@ def load_or_compute_maps(model, clips, cfg, device, cache_file: Path | None, *, 
     return maps
 
 
-# --------------------------------------------------------------------------- one fold
+# --------------------------------------------------------------------------- what the model sees
 
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
@@ -277,19 +231,60 @@ def delta_moments(maps: Maps) -> np.ndarray:
     return out
 
 
-def _batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray, device: torch.device,
-           inputs: MapInputs = MapInputs(), *, need_f28: bool = True):
+@torch.no_grad()
+def precompute_crops(model: MERNet, maps: Maps, clips: ClipSet, inputs: str,
+                     *, chunk: int = 8) -> torch.Tensor:
+    """The BIA windows of view 0 of every clip, cut once: (N, T, K, 512, 6, 6) float32.
+
+    Valid when the windows never move (one unaugmented view) and nothing before BIA trains. For
+    ``onset_delta`` they are cut from the *unscaled* difference maps; the fold's scale is applied
+    at each step (cutting is linear, so this equals cutting the scaled maps)."""
+    out = []
+    unscaled = MapInputs(inputs)
+    for start in range(0, len(clips), chunk):
+        idx = np.arange(start, min(start + chunk, len(clips)))
+        f28 = unscaled.transform(maps.f28[idx, 0].float(), 28)              # (b, T, 512, 28, 28)
+        c = torch.as_tensor(clips.centres[idx])                              # (b, T, K, 2)
+        s = torch.as_tensor(clips.sides[idx])                                # (b, T, K)
+        crops = model.bia.crop(f28.flatten(0, 1), c.flatten(0, 1), s.flatten(0, 1))
+        out.append(crops.unflatten(0, (len(idx), f28.shape[1])))            # (b, T, K, 512, 6, 6)
+    return torch.cat(out)
+
+
+@dataclass
+class Batch:
+    f28: torch.Tensor | None      # (B, T, 512, 28, 28), when BIA cuts or GIA convs run
+    f14: torch.Tensor | None      # (B, T, 512, 14, 14), when the GIA convs are frozen
+    centres: torch.Tensor         # (B, T, K, 2)
+    sides: torch.Tensor           # (B, T, K)
+    crops: torch.Tensor | None    # (B, T, K, 512, 6, 6), precomputed BIA windows
+
+    def forward(self, model: MERNet) -> torch.Tensor:
+        if self.crops is not None:  # the windows are cut already: no geometry needed
+            return model.forward_head(model.forward_features_from_maps(
+                self.f28, self.f14, None, None, crops=self.crops))
+        return model.forward_head(model.forward_features_from_maps(
+            self.f28, self.f14, self.centres, self.sides))
+
+
+def make_batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray,
+               device: torch.device, inputs: MapInputs = MapInputs(), *, need_f28: bool = True,
+               crops: torch.Tensor | None = None) -> Batch:
     """Maps of the drawn views, and the clips' IPs carried through the same views' affines.
-    ``need_f28=False`` (no blocks, GIA convs frozen) skips moving the 28×28 maps."""
+    ``need_f28=False`` (no blocks or precomputed crops, GIA convs frozen) skips the 28×28 maps."""
     f28 = maps.f28[idx, views].to(device, torch.float32) if need_f28 or maps.f14 is None else None
     f14 = None if maps.f14 is None else maps.f14[idx, views].to(device, torch.float32)
     f28, f14 = inputs.transform(f28, 28), inputs.transform(f14, 14)
     affines = maps.affines[idx, views].numpy()                                # (B, 2, 3)
     centres = np.stack([warp_points(clips.centres[i], a) for i, a in zip(idx, affines)])
     sides = np.stack([warp_sides(clips.sides[i], a) for i, a in zip(idx, affines)])
-    return (f28, f14, torch.as_tensor(centres, dtype=torch.float32, device=device),
-            torch.as_tensor(sides, dtype=torch.float32, device=device))
+    if crops is not None:
+        crops = crops[idx].to(device) * (inputs.scale28 if inputs.inputs != "frames" else 1.0)
+    return Batch(f28, f14, torch.as_tensor(centres, dtype=torch.float32, device=device),
+                 torch.as_tensor(sides, dtype=torch.float32, device=device), crops)
 
+
+# --------------------------------------------------------------------------- the loop
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
     """Adam on CE + λ·Σ‖w‖²: the L2 term's gradient 2λw is Adam's (coupled) ``weight_decay`` =
@@ -297,55 +292,110 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=2 * cfg.l2, fused=True)
 
 
-def fit_fold(model: MERNet, maps: Maps, clips: ClipSet, labels: np.ndarray, train_idx: np.ndarray,
-             cfg: TrainConfig, device: torch.device, inputs: MapInputs = MapInputs(), *,
-             progress: bool = True) -> list[float]:
-    """Train on ``train_idx`` for exactly ``cfg.epochs`` epochs; returns the mean cross-entropy
-    per epoch (the L2 term is in the optimiser, see :func:`make_optimizer`)."""
-    rng = np.random.default_rng(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
-    need_f28 = model.bia is not None or maps.f14 is None
-    y_all = torch.as_tensor(labels)
+@dataclass
+class FoldContext:
+    """What every fold of one run shares, built once per process: the clips, their frozen maps
+    (and precomputed windows), the model at its initial weights, and the delta moments."""
+
+    clips: ClipSet
+    maps: Maps
+    model: MERNet
+    init_state: dict
+    device: torch.device
+    weights_tag: str
+    moments: np.ndarray | None = None
+    crops: torch.Tensor | None = None
+    maps_file: Path | None = None
+
+    @property
+    def need_f28(self) -> bool:
+        return (self.model.bia is not None and self.crops is None) or self.maps.f14 is None
+
+
+def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.Tensor,
+                    train_idx: np.ndarray, cfg: TrainConfig, inputs: MapInputs,
+                    rng: np.random.Generator) -> float:
+    """One pass over the training clips in a random order; the mean cross-entropy."""
+    model, device = ctx.model, ctx.device
+    model.train()
     autocast = device.type == "cuda" and cfg.bf16
-    losses = []
-    for _ in tqdm(range(cfg.epochs), desc="epochs", disable=not progress, leave=False):
-        model.train()
-        order = rng.permutation(train_idx)
-        total, seen = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            views = rng.integers(0, cfg.views, size=len(idx))
-            f28, f14, c, s = _batch(maps, clips, idx, views, device, inputs, need_f28=need_f28)
-            y = y_all[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model.forward_from_maps(f28, f14, c, s)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        losses.append(total / max(seen, 1))
-    return losses
+    order = rng.permutation(train_idx)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        views = rng.integers(0, cfg.views, size=len(idx))
+        batch = make_batch(ctx.maps, ctx.clips, idx, views, device, inputs,
+                           need_f28=ctx.need_f28, crops=ctx.crops)
+        y = labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = batch.forward(model)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
 
 
 @torch.no_grad()
-def predict(model: MERNet, maps: Maps, clips: ClipSet, idx: np.ndarray, device: torch.device,
-            inputs: MapInputs = MapInputs(), batch_size: int = 16) -> np.ndarray:
+def evaluate(ctx: FoldContext, idx: np.ndarray, inputs: MapInputs = MapInputs(),
+             batch_size: int = 16) -> np.ndarray:
     """Class probabilities on view 0 (no augmentation) of ``idx``."""
-    model.eval()
+    ctx.model.eval()
     out = []
-    need_f28 = model.bia is not None or maps.f14 is None
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
-        f28, f14, c, s = _batch(maps, clips, b, np.zeros(len(b), dtype=np.int64), device, inputs,
-                                need_f28=need_f28)
-        out.append(torch.softmax(model.forward_from_maps(f28, f14, c, s).float(), dim=1).cpu())
+        batch = make_batch(ctx.maps, ctx.clips, b, np.zeros(len(b), dtype=np.int64), ctx.device,
+                           inputs, need_f28=ctx.need_f28, crops=ctx.crops)
+        out.append(torch.softmax(batch.forward(ctx.model).float(), dim=1).cpu())
     return torch.cat(out).numpy()
 
 
-# --------------------------------------------------------------------------- LOSO
+def fold_labels(labels: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig, fold: int) -> np.ndarray:
+    """The labels a fold trains on: the clips' own, or with ``shuffle_labels`` the training
+    subjects' labels permuted among them (the test labels stay true)."""
+    labels = labels.copy()
+    if cfg.shuffle_labels:
+        labels[train_idx] = np.random.default_rng(cfg.seed + fold).permutation(labels[train_idx])
+    return labels
+
+
+# --------------------------------------------------------------------------- folds
+
+def plan_folds(clips: ClipSet) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-subject-out (train, test) indices, in scikit-learn's order."""
+    subjects = clips.meta["subject"].to_numpy()
+    return list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
+
+
+def fold_dir(run_dir: Path, clips: ClipSet, fold: int, test_idx: np.ndarray) -> Path:
+    return Path(run_dir) / "folds" / f"{fold:03d}_{clips.meta['subject'].iloc[test_idx[0]]}"
+
+
+def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None = None,
+                  maps_dir: Path | None = None, prep_key: str = "",
+                  progress: bool = True) -> FoldContext:
+    """Model, frozen maps (cached in ``maps_file``, or under ``maps_dir`` by key) and windows."""
+    cfg = config.train
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _seed_all(cfg.seed)
+    model, weights_tag = make_model(cfg.model, cfg.weights)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if maps_file is None and maps_dir is not None:
+        maps_file = Path(maps_dir) / f"maps-{maps_key(prep_key, clips, cfg, weights_tag)}.pt"
+    maps = load_or_compute_maps(model, clips, cfg, device, maps_file, progress=progress)
+    moments = delta_moments(maps) if cfg.inputs != "frames" else None
+    crops = None
+    if model.bia is not None and cfg.views == 1 and maps.f14 is not None:
+        crops = precompute_crops(model, maps, clips, cfg.inputs)
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    return FoldContext(clips, maps, model, init_state, device, weights_tag, moments, crops, maps_file)
+
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable weights only (frozen ones are rebuilt from the weights spec), as float16 to keep a
@@ -355,89 +405,131 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if n in names or not t.is_floating_point()}
 
 
-def run_loso(clips: ClipSet, cfg: TrainConfig, out_dir: Path, *, maps_dir: Path | None = None,
-             prep_key: str = "", progress: bool = True,
-             extra_config: dict | None = None) -> pd.DataFrame:
-    """Leave-one-subject-out training and pooled predictions, resuming finished folds."""
+def load_context(config: RunConfig, run_dir: Path, *, progress: bool = False) -> FoldContext:
+    """A worker's own :class:`FoldContext`, from the plan the driver wrote in ``run_dir``."""
+    from merlib.preprocess.pipeline import load_manifest
+
+    plan = json.loads((Path(run_dir) / PLAN_FILE).read_text())
+    if not plan.get("manifest"):
+        raise ValueError(f"{run_dir / PLAN_FILE} names no preprocessing manifest: this run was "
+                         f"planned from clips in memory, so its folds run only in that process")
+    clips = load_clipset(load_manifest(plan["manifest"]), config.train.blocks)
+    return build_context(clips, config, maps_file=Path(plan["maps_file"]) if plan["maps_file"] else None,
+                         progress=progress)
+
+
+def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
+             context: FoldContext | None = None, progress: bool = False) -> dict:
+    """Train on every subject but fold ``fold``'s, predict that subject, write the fold's files.
+
+    Returns at once when the fold's predictions exist; writes ``predictions.csv`` last and
+    atomically, so a killed or retried fold never leaves a file that counts. Returns a small
+    status: fold, subject, state ("done" or "skipped"), seconds."""
+    run_dir = Path(run_dir)
+    ctx = context or load_context(config, run_dir, progress=progress)
+    cfg = config.train
+    train_idx, test_idx = plan_folds(ctx.clips)[fold]
+    out = fold_dir(run_dir, ctx.clips, fold, test_idx)
+    subject = ctx.clips.meta["subject"].iloc[test_idx[0]]
+    done = out / "predictions.csv"
+    if done.exists():
+        return {"fold": fold, "subject": subject, "state": "skipped", "seconds": 0.0}
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    seed = cfg.seed + fold
+    _seed_all(seed)
+    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
+    labels = torch.as_tensor(fold_labels(ctx.clips.labels, train_idx, cfg, fold))
+    inputs = MapInputs.fit(ctx.moments, train_idx, cfg.inputs)  # training subjects only
+    fold_cfg = dataclasses.replace(cfg, seed=seed)
+    opt = make_optimizer([p for p in ctx.model.parameters() if p.requires_grad], fold_cfg)
+    rng = np.random.default_rng(seed)
+    losses = [train_one_epoch(ctx, opt, labels, train_idx, fold_cfg, inputs, rng)
+              for _ in tqdm(range(cfg.epochs), desc=f"fold {fold} epochs", leave=False,
+                            disable=not progress)]
+    probs = evaluate(ctx, test_idx, inputs)
+    pred = ctx.clips.meta.iloc[test_idx].reset_index(drop=True).copy()
+    pred["fold"] = fold
+    pred["y_true"] = ctx.clips.labels[test_idx]
+    pred["y_pred"] = probs.argmax(1)
+    pred[PROB_COLUMNS] = probs
+    pred["profile"] = cfg.profile
+    pred["blocks"] = cfg.blocks
+    pred["inputs"] = cfg.inputs
+    if cfg.checkpoints:
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save({"model": _trainable_state(ctx.model), "fold": fold, "subject": subject,
+                    "epochs": cfg.epochs, "losses": losses}, tmp)
+        tmp.replace(out / "checkpoint.pt")
+    seconds = round(time.time() - t0, 2)
+    atomic_write_text(out / "fold.json", json.dumps(
+        {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
+         "inputs": dataclasses.asdict(inputs), "losses": losses, "checkpoint": cfg.checkpoints,
+         "seconds": seconds}, indent=2))
+    atomic_write_text(done, pred.to_csv(index=False))  # last: its presence marks the fold finished
+    return {"fold": fold, "subject": subject, "state": "done", "seconds": seconds}
+
+
+# --------------------------------------------------------------------------- LOSO
+
+def run_loso(clips: ClipSet, config: RunConfig, out_dir: str | Path, *,
+             maps_dir: Path | None = None, prep_key: str = "", index_hash: str = "",
+             manifest_file: Path | None = None, restart: bool = False, progress: bool = True,
+             suggest: str = "") -> pd.DataFrame:
+    """Leave-one-subject-out training and pooled predictions, resuming finished folds.
+
+    Plans once (resume check, ``config.json``, frozen maps, ``plan.json``), runs
+    :func:`run_fold` per fold in this process, pools. ``restart`` discards an earlier run in
+    ``out_dir``; ``suggest`` is the folder a refusal names as the alternative."""
     out_dir = Path(out_dir)
-    _check_resumable(out_dir, cfg)
-    (out_dir / "folds").mkdir(parents=True, exist_ok=True)
-    subjects = clips.meta["subject"].to_numpy()
-    folds = list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
-    fold_dirs = [out_dir / "folds" / f"{i:03d}_{subjects[te[0]]}" for i, (_, te) in enumerate(folds)]
-    if all((d / "predictions.csv").exists() for d in fold_dirs):  # finished earlier: just pool
-        return _pool(fold_dirs, out_dir)
+    record = {"run": config.to_dict(), "index_hash": index_hash}
+    check_resumable(out_dir, record, restart=restart, suggest=suggest)
+    folds = plan_folds(clips)
+    dirs = [fold_dir(out_dir, clips, i, te) for i, (_, te) in enumerate(folds)]
+    if (out_dir / "config.json").exists() and all((d / "predictions.csv").exists() for d in dirs):
+        return _pool(dirs, out_dir)  # finished earlier: just pool
 
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    _seed_all(cfg.seed)
-    model_cfg = ModelConfig(blocks=cfg.blocks, freeze_transfer=True,
-                            freeze_gia_convs=not cfg.train_gia_convs, dropout=cfg.dropout)
-    base, weights_tag = make_model(model_cfg, cfg.weights)
-    base = base.to(device)
-    if device.type == "cuda":
-        base = base.to(memory_format=torch.channels_last)
-    save_config(out_dir / "config.json", train=cfg, model=model_cfg, weights_used=weights_tag,
-                **(extra_config or {}))
-    maps_file = (Path(maps_dir) / f"maps-{maps_key(prep_key, clips, cfg, weights_tag)}.pt"
-                 if maps_dir else None)
-    maps = load_or_compute_maps(base, clips, cfg, device, maps_file, progress=progress)
-    init_state = {k: v.clone() for k, v in base.state_dict().items()}
-    moments = delta_moments(maps) if cfg.inputs != "frames" else None
-
-    bar = tqdm(folds, desc=f"LOSO {cfg.profile} blocks={cfg.blocks}", disable=not progress)
-    for fold, (train_idx, test_idx) in enumerate(bar):
-        subject = subjects[test_idx[0]]
-        fold_dir = fold_dirs[fold]
-        done = fold_dir / "predictions.csv"
-        if done.exists():
-            continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        _seed_all(cfg.seed + fold)
-        base.load_state_dict(init_state)  # every fold starts from the same initial weights
-        labels = clips.labels.copy()
-        if cfg.shuffle_labels:  # permute only the training labels: the test labels stay true
-            labels[train_idx] = np.random.default_rng(cfg.seed + fold).permutation(labels[train_idx])
-        inputs = MapInputs.fit(moments, train_idx, cfg.inputs)  # training subjects only
-        losses = fit_fold(base, maps, clips, labels, train_idx, replace(cfg, seed=cfg.seed + fold),
-                          device, inputs, progress=progress)
-        probs = predict(base, maps, clips, test_idx, device, inputs)
-        fold_pred = clips.meta.iloc[test_idx].reset_index(drop=True).copy()
-        fold_pred["fold"] = fold
-        fold_pred["y_true"] = clips.labels[test_idx]
-        fold_pred["y_pred"] = probs.argmax(1)
-        fold_pred[PROB_COLUMNS] = probs
-        fold_pred["profile"] = cfg.profile
-        fold_pred["blocks"] = cfg.blocks
-        fold_pred["inputs"] = cfg.inputs
-        if cfg.checkpoints:
-            tmp = fold_dir / "checkpoint.pt.tmp"
-            torch.save({"model": _trainable_state(base), "fold": fold, "subject": subject,
-                        "epochs": cfg.epochs, "losses": losses}, tmp)
-            tmp.replace(fold_dir / "checkpoint.pt")
-        (fold_dir / "fold.json").write_text(json.dumps(
-            {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
-             "inputs": dataclasses.asdict(inputs), "losses": losses, "checkpoint": cfg.checkpoints, "seconds": round(time.time() - t0, 2)},
-            indent=2))
-        # written last: its presence marks the fold finished
-        atomic_write_text(done, fold_pred.to_csv(index=False))
-    return _pool(fold_dirs, out_dir)
+    ctx = build_context(clips, config, maps_dir=maps_dir, prep_key=prep_key, progress=progress)
+    save_config(out_dir / "config.json", **record, weights_used=ctx.weights_tag)
+    atomic_write_text(out_dir / PLAN_FILE, json.dumps(
+        {"manifest": str(manifest_file) if manifest_file else "",
+         "maps_file": str(ctx.maps_file) if ctx.maps_file else "",
+         "folds": [{"fold": i, "subject": d.name.split("_", 1)[1], "n_test": len(te)}
+                   for i, ((_, te), d) in enumerate(zip(folds, dirs))]}, indent=2) + "\n")
+    bar = tqdm(range(len(folds)), desc=f"LOSO {config.train.profile} blocks={config.train.blocks}",
+               disable=not progress)
+    for fold in bar:
+        run_fold(config, fold, out_dir, context=ctx)
+    return _pool(dirs, out_dir)
 
 
-def _check_resumable(out_dir: Path, cfg: TrainConfig) -> None:
-    """Resuming only continues the same experiment: finished folds of another configuration in
-    ``out_dir`` would otherwise be pooled with new ones."""
-    saved = out_dir / "config.json"
-    if not saved.exists():
+def check_resumable(out_dir: Path, record: dict, *, restart: bool = False, suggest: str = "") -> None:
+    """Resuming only continues the same experiment: the whole resolved configuration and the
+    sample index's hash must match the saved ones, or finished folds of another run would be
+    pooled with new ones. ``restart`` deletes the earlier run's files instead."""
+    saved_file = Path(out_dir) / "config.json"
+    if not saved_file.exists():
         return
-    before = json.loads(saved.read_text()).get("train")
-    now = json.loads(json.dumps(to_jsonable(cfg)))
-    if before != now:
-        changed = sorted(k for k in set(before or {}) | set(now) if (before or {}).get(k) != now.get(k))
-        raise ValueError(f"{out_dir} holds a run with another training configuration (differs in: "
-                         f"{', '.join(changed)}); use another output folder or delete this one")
+    saved = json.loads(saved_file.read_text())
+    before = {"run": saved.get("run", {}), "index_hash": saved.get("index_hash", "")}
+    now = json.loads(json.dumps(to_jsonable(record)))
+    if before == now:
+        return
+    if restart:
+        for name in ("folds", "config.json", PLAN_FILE, "predictions.csv", "metrics.json"):
+            target = Path(out_dir) / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return
+    changes = config_changes(before, now)
+    what = "; ".join(c.replace("index_hash", "sample index (coding sheet or data) hash")
+                     for c in changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+    alternative = f", or write to {suggest}" if suggest else ", or pass another --out folder"
+    raise ResumeRefused(f"{out_dir} holds a run of another configuration or data ({what}). Its "
+                        f"finished folds must not be pooled with new ones: rerun with --restart "
+                        f"to discard them{alternative}.")
 
 
 def _pool(fold_dirs: list[Path], out_dir: Path) -> pd.DataFrame:

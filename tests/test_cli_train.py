@@ -35,5 +35,5 @@ def test_merlib_train_on_tiny_synthme(tmp_path):
     assert metrics["profile"] == "quick" and metrics["inputs"] == "onset_delta"
     assert metrics["n_clips"] == len(pred)
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["epochs"] == 1 and config["train"]["inputs"] == "onset_delta"
-    assert "git_commit" in config
+    assert config["run"]["train"]["epochs"] == 1 and config["run"]["train"]["inputs"] == "onset_delta"
+    assert "git_commit" in config and config["index_hash"]

@@ -162,14 +162,41 @@ def test_figure6_has_one_heatmap_per_variant_and_is_written(three_variants, tmp_
     assert json.loads(paths["provenance"].read_text())["figure"] == "figure6"
 
 
-def test_load_predictions_finds_each_variant(tmp_path, three_variants):
-    for k, p in three_variants.items():
-        d = tmp_path / "train" / f"quick-blocks{k}"
+def test_results_read_finished_variants_and_name_the_command_for_missing_ones(tmp_path, three_variants):
+    from merlib.config import Paths
+    from merlib.experiment import Run, open_run
+
+    paths = Paths(data=tmp_path / "data", cache=tmp_path / "cache", out=tmp_path / "out")
+    run = Run(open_run(synth_preset="demo").config, paths)
+    for k in (0, 10):
+        d = run.run_dir(k)
         d.mkdir(parents=True)
-        p.to_csv(d / "predictions.csv", index=False)
-    got = report.load_predictions(tmp_path)
-    assert sorted(got) == [0, 10, 24]
-    pd.testing.assert_frame_equal(got[24], three_variants[24])
+        three_variants[k].to_csv(d / "predictions.csv", index=False)
+        (d / "metrics.json").write_text("{}")
+        (d / "config.json").write_text('{"weights_used": "random"}')
+    preds, missing = run.results()
+    assert sorted(preds) == [0, 10] and list(missing) == [24]
+    pd.testing.assert_frame_equal(preds[10], three_variants[10])
+    assert missing[24].startswith("merlib train --dataset synthme --preset demo")
+    assert "--blocks 24" in missing[24]
+    assert run.weights_used() == "random"
+
+
+def test_committed_index_paths_are_relative_to_the_data_root(tmp_path):
+    root = tmp_path / "data"
+    df = pd.DataFrame({"frames_dir": [str(root / "sub01" / "EP01"), "", "/elsewhere/x"]})
+    out = report.relative_paths(df, root)
+    assert out["frames_dir"].tolist() == ["sub01/EP01", "", "/elsewhere/x"]
+    assert df["frames_dir"].iloc[0] == str(root / "sub01" / "EP01")  # the input is left alone
+
+
+def test_figures_are_closed_in_pyplot_so_a_notebook_shows_them_once(three_variants):
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    fig = report.figure6(three_variants, title="t")
+    assert set(plt.get_fignums()) == before  # not left open: no second display at cell end
+    assert fig.canvas is not None and len(fig.axes) == 3
 
 
 def test_calibration_table_judges_each_check_against_its_target():
@@ -195,3 +222,18 @@ def test_tables_name_a_non_paper_input_representation(three_variants):
     paper_inputs = {k: p.assign(inputs="frames") for k, p in three_variants.items()}
     assert (report.table5(paper_inputs, dataset="casme2", source="casme2",
                           profile="paper")["profile"] == "paper").all()
+
+
+def test_figure2_plots_the_stored_identification_points(tmp_path):
+    """Panels (c) and (d) show the points the cache holds (what the model got), not a recount."""
+    rng = np.random.default_rng(0)
+    lm = rng.uniform(40, 180, (10, 72, 2))
+    stored = {"frames": np.zeros((10, 224, 224, 3), np.uint8), "landmarks": lm,
+              "ip24": rng.uniform(0, 224, (10, 24, 2)), "side24": np.full((10, 24), 48.0),
+              "ip10": rng.uniform(0, 224, (10, 10, 2)), "side10": np.full((10, 10), 20.0)}
+    np.savez(tmp_path / "clip.npz", **stored)
+    fig = report.figure2(tmp_path / "clip.npz", scheme="fr72", compare="gacnn24")
+    assert len(fig.axes) == 5
+    np.testing.assert_allclose(fig.axes[2].collections[0].get_offsets(), stored["ip24"][0])
+    np.testing.assert_allclose(fig.axes[3].collections[0].get_offsets(), stored["ip10"][0])
+    assert len(report.figure2(tmp_path / "clip.npz", scheme="gacnn24", compare="gacnn24").axes) == 4

@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from merlib.train import ClipSet, profile_config, run_loso
+import dataclasses
+
+from merlib.config import PROFILES, RunConfig
+from merlib.train import ClipSet, ResumeRefused, run_loso
 
 SUBJECTS = ["s1", "s2", "s3"]
 
@@ -29,10 +32,16 @@ def clips():
     return _clips(10)
 
 
-def _cfg(**kw):
+def _train(blocks=10, gia_frozen=True, **kw):
     base = dict(epochs=1, views=1, weights="random", batch_size=4, device="cpu")
     base.update(kw)
-    return profile_config("quick", **base)
+    q = PROFILES["quick"]
+    model = dataclasses.replace(q.model, blocks=blocks, freeze_gia_convs=gia_frozen)
+    return dataclasses.replace(q, model=model, **base)
+
+
+def _cfg(**kw):
+    return RunConfig(train=_train(**kw))
 
 
 def test_loso_predicts_every_clip_once_with_its_own_subject_held_out(clips, tmp_path):
@@ -88,18 +97,42 @@ def test_shuffled_labels_leave_test_labels_true(clips, tmp_path):
     assert all(truth[c] == y for c, y in zip(pred["clip"], pred["y_true"]))
 
 
+def test_shuffled_labels_are_a_permutation_of_the_training_labels_only():
+    from merlib.train import fold_labels
+    labels = np.arange(20) % 3
+    train, test = np.arange(4, 20), np.arange(4)
+    shuffled = fold_labels(labels, train, _train(shuffle_labels=True), fold=0)
+    np.testing.assert_array_equal(shuffled[test], labels[test])
+    assert sorted(shuffled[train]) == sorted(labels[train])
+    assert (shuffled[train] != labels[train]).any()  # a no-op shuffle fails here
+    np.testing.assert_array_equal(fold_labels(labels, train, _train(), fold=0), labels)
+
+
+def test_shuffled_labels_change_what_the_model_learns(clips, tmp_path):
+    """Same seed, same data: only the training labels differ, so the predicted probabilities
+    must differ. If shuffling were a no-op the two runs would be identical."""
+    true = run_loso(clips, _cfg(epochs=3), tmp_path / "true", progress=False)
+    shuffled = run_loso(clips, _cfg(epochs=3, shuffle_labels=True), tmp_path / "shuffled",
+                        progress=False)
+    cols = ["p_negative", "p_positive", "p_surprise"]
+    assert not np.allclose(true[cols].to_numpy(), shuffled[cols].to_numpy(), atol=1e-6)
+
+
 def test_strict_imagenet_weights_fail_with_the_looked_for_path(clips, tmp_path, monkeypatch):
+    import urllib.request
+
+    from merlib.weights import WeightsUnavailable
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
     def offline(*a, **k):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=str(tmp_path / "hub")):
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(WeightsUnavailable, match=str(tmp_path / "hub")):
         run_loso(clips, _cfg(weights="imagenet"), tmp_path / "out", progress=False)
-    # auto falls back to random init and says so in the saved config
+    # auto falls back to the fixed random draw and says so in the saved config
     run_loso(clips, _cfg(weights="auto"), tmp_path / "auto", progress=False)
-    assert '"weights_used": "random (auto:' in (tmp_path / "auto" / "config.json").read_text()
+    assert '"weights_used": "random (no ImageNet weights found' in (tmp_path / "auto" / "config.json").read_text()
 
 
 def test_variants_share_one_frozen_map_cache(tmp_path):
@@ -114,8 +147,50 @@ def test_variants_share_one_frozen_map_cache(tmp_path):
 
 def test_resuming_with_another_configuration_is_refused(clips, tmp_path):
     run_loso(clips, _cfg(), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="differs in: epochs"):
+    with pytest.raises(ResumeRefused, match=r"train\.epochs: 1 -> 2.*--restart"):
         run_loso(clips, _cfg(epochs=2), tmp_path, progress=False)
+
+
+def test_resuming_with_another_index_is_refused_and_restart_starts_over(clips, tmp_path):
+    run_loso(clips, _cfg(), tmp_path, index_hash="aaaa", progress=False)
+    stale = next((tmp_path / "folds").iterdir()) / "predictions.csv"
+    with pytest.raises(ResumeRefused, match="index"):
+        run_loso(clips, _cfg(), tmp_path, index_hash="bbbb", progress=False)
+    stamp = os.stat(stale).st_mtime_ns
+    run_loso(clips, _cfg(), tmp_path, index_hash="bbbb", restart=True, progress=False)
+    assert os.stat(stale).st_mtime_ns != stamp  # the old fold was recomputed, not pooled
+    assert json.loads((tmp_path / "config.json").read_text())["index_hash"] == "bbbb"
+
+
+def test_run_fold_alone_equals_the_fold_inside_run_loso(clips, tmp_path):
+    """What a worker does: run_fold with its own context built from the clips gives the fold
+    run_loso wrote."""
+    from merlib.train import build_context, run_fold
+    full = run_loso(clips, _cfg(), tmp_path / "loso", progress=False)
+    ctx = build_context(clips, _cfg(), progress=False)
+    status = run_fold(_cfg(), 1, tmp_path / "alone", context=ctx)
+    assert status["state"] == "done" and status["fold"] == 1
+    alone = pd.read_csv(next((tmp_path / "alone" / "folds").iterdir()) / "predictions.csv",
+                        dtype={"subject": str, "clip": str})
+    pd.testing.assert_frame_equal(alone, full[full["fold"] == 1].reset_index(drop=True))
+    assert run_fold(_cfg(), 1, tmp_path / "alone", context=ctx)["state"] == "skipped"
+
+
+def test_precomputed_windows_equal_cutting_the_maps_every_step(tmp_path):
+    """quick cuts the BIA windows once; the logits must equal cutting the (scaled) maps."""
+    from merlib.train import MapInputs, build_context, make_batch
+    c24 = _clips(24)
+    cfg = _cfg(blocks=24)
+    ctx = build_context(c24, cfg, progress=False)
+    assert ctx.crops is not None and not ctx.need_f28
+    inputs = MapInputs("onset_delta", scale28=3.0, scale14=2.0)
+    idx, views = np.array([0, 3]), np.zeros(2, dtype=np.int64)
+    fast = make_batch(ctx.maps, c24, idx, views, ctx.device, inputs, need_f28=False, crops=ctx.crops)
+    slow = make_batch(ctx.maps, c24, idx, views, ctx.device, inputs, need_f28=True)
+    ctx.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast.forward(ctx.model), slow.forward(ctx.model),
+                                   rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- onset-delta inputs
@@ -160,7 +235,7 @@ def test_onset_delta_transform_subtracts_the_onset_of_the_same_clip_and_view():
 
 def test_unknown_inputs_are_refused():
     with pytest.raises(ValueError, match="inputs"):
-        profile_config("quick", inputs="optical_flow")
+        _train(inputs="optical_flow")
 
 
 def test_adam_weight_decay_equals_the_l2_term_of_the_loss():
@@ -168,7 +243,7 @@ def test_adam_weight_decay_equals_the_l2_term_of_the_loss():
     from merlib.train import make_optimizer
     torch.manual_seed(0)
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-    cfg = profile_config("quick", lr=1e-2, l2=0.05)
+    cfg = _train(lr=1e-2, l2=0.05)
     nets = [torch.nn.Linear(5, 3) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     explicit = torch.optim.Adam(nets[0].parameters(), lr=cfg.lr)
@@ -183,7 +258,7 @@ def test_adam_weight_decay_equals_the_l2_term_of_the_loss():
 
 
 def test_random_vgg_weights_are_one_draw_and_the_seed_draws_only_the_trainable_part():
-    from merlib.model import ModelConfig
+    from merlib.config import ModelConfig
     from merlib.train import make_model
     models = []
     for seed in (1, 2):
@@ -197,7 +272,7 @@ def test_random_vgg_weights_are_one_draw_and_the_seed_draws_only_the_trainable_p
 
 def test_maps_cache_key_depends_on_the_seed_only_through_augmented_views(clips):
     from merlib.train import maps_key
-    key = lambda **kw: maps_key("prep", clips, _cfg(**kw), "random")  # noqa: E731
+    key = lambda **kw: maps_key("prep", clips, _train(**kw), "random")  # noqa: E731
     assert key(seed=0) == key(seed=1)                       # one view: the clip itself
     assert key(seed=0, views=4) != key(seed=1, views=4)     # views 1.. are drawn from the seed
     assert key(views=1) != key(views=4)
