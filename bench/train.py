@@ -21,9 +21,10 @@ from importlib import resources
 import pandas as pd
 import torch
 
+from merlib.config import PROFILES
 from merlib.flops import analytic_flops
 from merlib.model import MERNet, ModelConfig
-from merlib.train import PROFILES, make_optimizer
+from merlib.train import make_optimizer
 from merlib.weights import vgg16_features
 
 
