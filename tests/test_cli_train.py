@@ -37,3 +37,39 @@ def test_merlib_train_on_tiny_synthme(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["train"]["epochs"] == 1 and config["run"]["train"]["inputs"] == "onset_delta"
     assert "git_commit" in config and config["index_hash"]
+
+
+def test_a_corrected_coding_sheet_never_pools_the_old_folds(tmp_path):
+    """Train, change one clip's emotion in the coding sheet, rerun into the same folder: refused
+    (naming the index and --restart); with --restart every fold is recomputed on the new labels."""
+    env = {**os.environ, "MERLIB_DATA": str(tmp_path / "data"), "MERLIB_CACHE": str(tmp_path / "cache"),
+           "MERLIB_OUT": str(tmp_path / "out")}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "merlib", "train", "--preset", "tiny", "--blocks", "0",
+           "--epochs", "1", "--jobs", "2", "--weights", "random", "--out", str(out)]
+
+    def train(*extra):
+        return subprocess.run(cmd + list(extra), env=env, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+
+    assert train().returncode == 0
+    before = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "clip": str})
+
+    sheet = next((tmp_path / "data").rglob("CASME2-coding-*.xlsx"))
+    coding = pd.read_excel(sheet)
+    row = coding.index[coding["Estimated Emotion"].eq("happiness")][0]
+    clip = str(coding.loc[row, "Filename"])
+    coding.loc[row, "Estimated Emotion"] = "surprise"
+    coding.to_excel(sheet, index=False)
+
+    refused = train()
+    assert refused.returncode == 2
+    assert "index" in refused.stderr and "--restart" in refused.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv", dtype={"subject": str, "clip": str}),
+                                  before)  # nothing was pooled
+
+    assert train("--restart").returncode == 0
+    after = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "clip": str})
+    surprise = CLASSES.index("surprise")
+    assert after.loc[after["clip"] == clip, "y_true"].item() == surprise
+    assert before.loc[before["clip"] == clip, "y_true"].item() == CLASSES.index("positive")
