@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from merlib.config import CLASSES, SynthConfig
-from merlib.synth.calibration import chance_uf1
-from merlib.config import Paths
-from merlib.experiment import prepare, provenance, train_variant
+import dataclasses
+
+from merlib.config import CLASSES, Paths, make_run_config
+from merlib.experiment import Run, prepare, train
 from merlib.report import write_table
+from merlib.synth.calibration import chance_uf1
 
 
 def _sd(a: np.ndarray) -> str:
@@ -46,26 +47,29 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--inputs", choices=["frames", "onset_delta"])
+    ap.add_argument("--weights", help="VGG16 weights (default: the profile's)")
     ap.add_argument("--json", type=Path, help="also write every run's figures to this file")
     ap.add_argument("--no-table", action="store_true", help="do not write tables/<run>/sanity.*")
     args = ap.parse_args()
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs))
-                 if v is not None}
-    prepared = prepare("synthme", synth=SynthConfig(preset=args.preset), progress=False)
-    prov = provenance(prepared, profile=args.profile, blocks=args.blocks, seeds=args.seeds,
-                      overrides=overrides)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs),
+                                   ("weights", args.weights)) if v is not None}
+    base = make_run_config(synth_preset=args.preset, profile=args.profile, blocks=args.blocks)
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides))
+    prepared = prepare(base, progress=False)
+    prov = Run(base).prov
     runs = [(shuffle, s) for shuffle in (False, True) for s in range(args.seeds)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shuffle, seed in runs:
             t0 = time.time()
-            pred, summary = train_variant(prepared, blocks=args.blocks, profile=args.profile,
-                                          out_dir=Path(tmp) / f"shuffle{int(shuffle)}-seed{seed}",
-                                          progress=False, shuffle_labels=shuffle, seed=seed,
-                                          **overrides)
+            config = dataclasses.replace(base, train=dataclasses.replace(
+                base.train, shuffle_labels=shuffle, seed=seed))
+            out_dir = Path(tmp) / f"shuffle{int(shuffle)}-seed{seed}"
+            pred, summary = train(config, prepared=prepared, progress=False, out_dir=out_dir)
             m = summary["pooled"]
+            weights = json.loads((out_dir / "config.json").read_text())["weights_used"]
             rows.append({"labels": "shuffled" if shuffle else "true", "seed": seed,
-                         "seconds": round(time.time() - t0, 1), **m})
+                         "seconds": round(time.time() - t0, 1), "weights": weights, **m})
             print(f"{prepared.spec.name} blocks={args.blocks} {args.profile} {overrides or ''} "
                   f"labels={rows[-1]['labels']} seed={seed}: UF1 {m['uf1']:.3f} UAR {m['uar']:.3f} "
                   f"Acc {m['acc']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
@@ -86,7 +90,8 @@ def main() -> None:
                     "UF1 mean": chance["prior"]})
     if not args.no_table:
         out = write_table(pd.DataFrame(summary), Paths.from_env().tables_for(prepared.spec.name),
-                          "sanity", prov, runs=rows, chance_uf1=chance)
+                          "sanity", prov, runs=rows, chance_uf1=chance, seeds=args.seeds,
+                          weights_used=sorted({r["weights"] for r in rows}))
         print(f"wrote {out['md']}")
     if args.json:
         args.json.write_text(json.dumps({"run": prepared.spec.name, "blocks": args.blocks,
