@@ -443,28 +443,28 @@ def check_notebook(page, base: str, rel: str, nb: dict, shot: Path, timeout: flo
     page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
     expected_cells = len(nb.get("cells", []))
     deadline = time.monotonic() + timeout
-    why, stable = "not started", 0
+    why, stable, problems = "not started", 0, []
     while time.monotonic() < deadline:
         why = page.evaluate(READY_JS, [expected_cells, rel])
         dialog = page.query_selector(".jp-Dialog")
-        if dialog is not None:
-            text = _short(dialog.inner_text(), 120)
-            return [f"JupyterLab dialog instead of the notebook: {text!r}"]
+        if dialog is not None:  # e.g. "Select Kernel" when the merlib kernelspec is missing
+            problems.append(f"JupyterLab dialog: {_short(dialog.inner_text(), 120)!r}")
+            break
         stable = stable + 1 if why == "" else 0
         if stable >= 3:  # ready three polls running (~1.5 s): nothing left arriving
             break
         time.sleep(0.5)
-    problems = []
-    if stable < 3:
+    if stable < 3 and not problems:
         problems.append(f"not rendered within {timeout:.0f} s ({why})")
 
     data = page.evaluate(COLLECT_JS)
     if data is None:
-        return problems + ["no notebook panel on the page"]
-    if data["cells"] != expected_cells:
-        problems.append(f"{data['cells']} cells rendered, {expected_cells} in the .ipynb")
-    problems += dom_problems(data["outputs"], data["text"], widget_cells(nb))
-    problems += cross_check(expected_images(nb), data["outputs"])
+        problems.append("no notebook panel on the page")
+    else:
+        if data["cells"] != expected_cells:
+            problems.append(f"{data['cells']} cells rendered, {expected_cells} in the .ipynb")
+        problems += dom_problems(data["outputs"], data["text"], widget_cells(nb))
+        problems += cross_check(expected_images(nb), data["outputs"])
 
     # Fold the file browser away (Ctrl+B), so that the notebook has the page's width.
     if page.query_selector("#jp-left-stack:not(.lm-mod-hidden)") is not None:
@@ -472,7 +472,7 @@ def check_notebook(page, base: str, rel: str, nb: dict, shot: Path, timeout: flo
         page.wait_for_timeout(300)
 
     # The notebook scrolls inside its panel: make the window tall enough to show all of it.
-    extra = page.evaluate(OVERFLOW_JS)
+    extra = page.evaluate(OVERFLOW_JS) if data is not None else 0
     height = min(900 + extra, max_height)
     page.set_viewport_size({"width": width, "height": height})
     page.wait_for_timeout(500)
