@@ -33,6 +33,9 @@ SCHEMES = ("fr72", "dlib68", "gacnn24")
 APEX_SOURCES = ("annotated", "detected")
 INPUTS = ("frames", "onset_delta")
 PROFILE_NAMES = ("quick", "paper")
+# The paper's network, and the baselines trained under the same protocol (Table 6, measured).
+NETS = ("mernet", "lbptop-svm", "ststnet", "off-apexnet")
+EXECUTORS = ("local", "dask", "slurm")
 
 
 def project_root() -> Path:
@@ -222,6 +225,7 @@ class TrainConfig:
     """LOSO training (Sec. 4.3-4.4). ``model`` is the network; everything else the loop."""
 
     profile: str = "quick"
+    net: str = "mernet"        # the paper's model, or a baseline (merlib.baselines)
     model: ModelConfig = ModelConfig()
     epochs: int = 100
     batch_size: int = 16
@@ -239,6 +243,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check("profile", self.profile, PROFILE_NAMES)
+        _check("net", self.net, NETS)
         _check("inputs", self.inputs, INPUTS)
         _check("blocks", self.model.blocks, VARIANT_ORDER)
         if self.epochs < 1 or self.batch_size < 1 or self.views < 1:
@@ -267,15 +272,40 @@ PROFILES = {
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the folds run. Not part of a run's identity: the same seed gives the same
+    predictions whatever the executor, so a run may be resumed on another one."""
+
+    kind: str = "local"              # local (sequential, this process) | dask | slurm
+    workers: int = 0                 # dask LocalCluster: 0 = one per visible GPU, else all cores
+    scheduler: str = ""              # dask: address of an existing scheduler
+    slurm_partition: str = ""
+    slurm_gpus_per_task: int = 1
+    slurm_time: int = 240            # minutes
+    slurm_array_parallelism: int = 16
+
+    def __post_init__(self) -> None:
+        _check("executor", self.kind, EXECUTORS)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """One run: data, preprocessing and training. Saved as config.json beside every result."""
+    """One run: data, preprocessing and training (its identity: config.json, the resume check
+    and the run name), and where its folds execute."""
 
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     train: TrainConfig = PROFILES["quick"]
+    executor: ExecutorConfig = ExecutorConfig()
 
     def to_dict(self) -> dict:
         return to_jsonable(self)
+
+    def identity(self) -> dict:
+        """What makes two runs the same experiment: everything but the executor."""
+        d = self.to_dict()
+        d.pop("executor")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -283,16 +313,21 @@ class RunConfig:
         train["model"] = ModelConfig(**{**train["model"],
                                         "head_hidden": tuple(train["model"]["head_hidden"])})
         train["augment"] = AugmentConfig(**train["augment"])
-        return cls(DataConfig(**d["data"]), PreprocessConfig(**d["preprocess"]), TrainConfig(**train))
+        return cls(DataConfig(**d["data"]), PreprocessConfig(**d["preprocess"]), TrainConfig(**train),
+                   ExecutorConfig(**d.get("executor", {})))
 
     def run_name(self) -> str:
         """``<profile>-blocks<K>``, then every setting that differs from the profile's and the
         preprocessing defaults (``-epochs3-weightsrandom``), so each configuration gets its own
         folder and the default runs keep their familiar names."""
-        parts = [f"{self.train.profile}-blocks{self.train.blocks}"]
+        if self.train.net == "mernet":
+            parts = [f"{self.train.profile}-blocks{self.train.blocks}"]
+        else:  # a baseline has no blocks: <net>-<profile>
+            parts = [f"{self.train.net}-{self.train.profile}"]
         default_train = to_jsonable(PROFILES[self.train.profile])
         default_prep = to_jsonable(PreprocessConfig(apex=apex_for(self.data.loader)))
-        changed = (_flat_diff(to_jsonable(self.train), default_train, skip={"profile", "model.blocks"})
+        changed = (_flat_diff(to_jsonable(self.train), default_train,
+                              skip={"profile", "model.blocks", "net"})
                    + _flat_diff(to_jsonable(self.preprocess), default_prep))
         for key, value in changed:
             parts.append(re.sub(r"[^A-Za-z0-9.]+", "", f"{key.rsplit('.', 1)[-1]}{value}"))
@@ -333,7 +368,8 @@ def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
                     blocks: int = 10, epochs: int | None = None, weights: str | None = None,
                     inputs: str | None = None, seed: int | None = None,
                     shuffle_labels: bool = False, device: str | None = None,
-                    keep_checkpoints: bool | None = None) -> RunConfig:
+                    keep_checkpoints: bool | None = None, model: str = "mernet",
+                    executor: ExecutorConfig | None = None) -> RunConfig:
     """The run configuration from flat options: the names of ``merlib train``'s flags and of the
     notebooks' parameters. ``None`` / 0 / "" keeps the profile's own value."""
     _check("profile", profile, PROFILE_NAMES)
@@ -346,8 +382,8 @@ def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
                                    "device": device or None,
                                    "checkpoints": keep_checkpoints}.items() if v is not None}
     train = dataclasses.replace(base, model=dataclasses.replace(base.model, blocks=blocks),
-                                shuffle_labels=bool(shuffle_labels), **overrides)
-    return RunConfig(data, prep, train)
+                                net=model, shuffle_labels=bool(shuffle_labels), **overrides)
+    return RunConfig(data, prep, train, executor or ExecutorConfig())
 
 
 def git_commit(root: Path | None = None) -> str:

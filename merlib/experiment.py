@@ -168,7 +168,9 @@ class Run:
 
     @cached_property
     def prepared(self) -> Prepared:
-        return prepare(self.config, paths=self.paths)
+        # No progress bars in notebooks: a saved notebook shows a widget bar at its first state
+        # (0%) to any reader who has not trusted it; the notebook prints what was done instead.
+        return prepare(self.config, paths=self.paths, progress=False)
 
     @property
     def manifest(self) -> pd.DataFrame:
@@ -190,8 +192,15 @@ class Run:
             t, model=dataclasses.replace(t.model, blocks=blocks)))
 
     def train(self, *, restart: bool = False) -> tuple[pd.DataFrame, dict]:
-        """LOSO training of this run's variant (resuming finished folds)."""
-        return train(self.config, prepared=self.prepared, paths=self.paths, restart=restart)
+        """LOSO training of this run's variant (resuming finished folds); prints one line."""
+        folds = run_dir(self.config, self.paths) / "folds"
+        before = len(list(folds.glob("*/predictions.csv"))) if folds.exists() else 0
+        pred, summary = train(self.config, prepared=self.prepared, paths=self.paths,
+                              restart=restart, progress=False)
+        print(f"{summary['variant']}: {summary['n_folds']} LOSO folds, "
+              f"{summary['n_folds'] - before if not restart else summary['n_folds']} trained now "
+              f"and {before if not restart else 0} found finished, in {summary['wall_time_s']:.0f} s")
+        return pred, summary
 
     def run_dir(self, blocks: int | None = None) -> Path:
         return run_dir(self.config if blocks is None else self.variant(blocks), self.paths)

@@ -482,7 +482,7 @@ def run_loso(clips: ClipSet, config: RunConfig, out_dir: str | Path, *,
     :func:`run_fold` per fold in this process, pools. ``restart`` discards an earlier run in
     ``out_dir``; ``suggest`` is the folder a refusal names as the alternative."""
     out_dir = Path(out_dir)
-    record = {"run": config.to_dict(), "index_hash": index_hash}
+    record = {"run": config.identity(), "index_hash": index_hash}
     check_resumable(out_dir, record, restart=restart, suggest=suggest)
     folds = plan_folds(clips)
     dirs = [fold_dir(out_dir, clips, i, te) for i, (_, te) in enumerate(folds)]
@@ -490,16 +490,23 @@ def run_loso(clips: ClipSet, config: RunConfig, out_dir: str | Path, *,
         return _pool(dirs, out_dir)  # finished earlier: just pool
 
     ctx = build_context(clips, config, maps_dir=maps_dir, prep_key=prep_key, progress=progress)
-    save_config(out_dir / "config.json", **record, weights_used=ctx.weights_tag)
+    save_config(out_dir / "config.json", **record, weights_used=ctx.weights_tag,
+                executor=config.executor)
     atomic_write_text(out_dir / PLAN_FILE, json.dumps(
         {"manifest": str(manifest_file) if manifest_file else "",
          "maps_file": str(ctx.maps_file) if ctx.maps_file else "",
          "folds": [{"fold": i, "subject": d.name.split("_", 1)[1], "n_test": len(te)}
                    for i, ((_, te), d) in enumerate(zip(folds, dirs))]}, indent=2) + "\n")
-    bar = tqdm(range(len(folds)), desc=f"LOSO {config.train.profile} blocks={config.train.blocks}",
-               disable=not progress)
-    for fold in bar:
-        run_fold(config, fold, out_dir, context=ctx)
+    todo = [i for i, d in enumerate(dirs) if not (d / "predictions.csv").exists()]
+    if config.executor.kind == "local":
+        bar = tqdm(todo, desc=f"LOSO {config.train.profile} blocks={config.train.blocks}",
+                   disable=not progress or not todo)
+        for fold in bar:
+            run_fold(config, fold, out_dir, context=ctx)
+    else:  # folds as tasks on another engine; each worker builds its own context from the plan
+        from merlib.executors import run_folds
+
+        run_folds(config, out_dir, todo, progress=progress)
     return _pool(dirs, out_dir)
 
 
