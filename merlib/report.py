@@ -74,6 +74,14 @@ class Provenance:
         }
 
 
+def for_display(df: pd.DataFrame, *, digits: int = 4) -> pd.DataFrame:
+    """A table as a notebook shows it (HTML in JupyterLab): floats rounded, the first column as
+    the index. Plain values, so its text and HTML are the same on every run (nbval compares them)."""
+    if df.empty:
+        return df
+    return df.set_index(df.columns[0]).round(digits)
+
+
 def provenance_table(prov: Provenance, *, weights: str = "—") -> pd.DataFrame:
     """The provenance a reader wants at a glance (the full record is in the .provenance.json
     files beside every table and figure): commit, data, profile, weights, wall time, machine."""
