@@ -502,6 +502,8 @@ def figure2(clip_file: str | Path, *, scheme: str = "fr72", compare: str | None 
         if sides is not None:
             for (x, y), s in zip(pts, sides):
                 ax.add_patch(Rectangle((x - s / 2, y - s / 2), s, s, fill=False, lw=0.8, ec="cyan"))
+        ax.set_xlim(-0.5, frame.shape[1] - 0.5)  # blocks past the frame's edge must not rescale it
+        ax.set_ylim(frame.shape[0] - 0.5, -0.5)
     fig.tight_layout()
     return fig
 
