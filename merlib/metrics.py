@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from merlib.config import CLASSES
+
 LABELS = (0, 1, 2)
-CLASS_NAMES = ("negative", "positive", "surprise")  # label_id order; same as merlib.config.CLASSES
+CLASS_NAMES = CLASSES  # label_id order
 
 
 def _as_labels(y: Sequence[int] | np.ndarray | pd.Series, name: str, labels: Sequence[int]) -> np.ndarray:

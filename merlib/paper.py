@@ -10,7 +10,8 @@ from importlib import resources
 
 import pandas as pd
 
-CLASSES = ("negative", "positive", "surprise")
+from merlib.config import CLASSES
+
 
 
 def _read(name: str) -> pd.DataFrame:

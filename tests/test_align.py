@@ -1,5 +1,7 @@
 import cv2
 import numpy as np
+
+from merlib.faces import photograph
 import pytest
 import skimage.data
 
@@ -158,7 +160,7 @@ def test_alignment_undoes_a_similarity():
 
 
 def test_real_face_lands_on_the_template():
-    image = skimage.data.astronaut()
+    image = photograph("astronaut")
     pts = landmarks68(image, detect_face(image))
     aligned = apply_alignment(image[None], alignment_map(pts))[0]
     assert aligned.shape == (224, 224, 3) and aligned.dtype == np.uint8
@@ -186,7 +188,7 @@ def test_template_box_frames_the_template_face():
     # dlib's boxes span roughly brows to chin and jaw to jaw
     assert left < t[36:48, 0].min() and right > t[36:48, 0].max()
     assert top < t[36:48, 1].min() and bottom > t[48:68, 1].max()
-    image = skimage.data.astronaut()
+    image = photograph("astronaut")
     aligned = apply_alignment(image[None], alignment_map(landmarks68(image, detect_face(image))))[0]
     pts = landmarks68(aligned, align.template_box(224))
     assert np.median(np.linalg.norm(pts - t, axis=1)) < 6

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from merlib.config import CLASSES  # the one definition, label_id order; re-exported
+
 # Column order of every index CSV.
 INDEX_COLUMNS = [
     "dataset",     # casme2 | samm | smic | megc | synthme: the dataset the index was built for
@@ -31,7 +33,6 @@ INDEX_COLUMNS = [
     "frames_dir",  # absolute folder holding the clip's frames
 ]
 
-CLASSES = ("negative", "positive", "surprise")
 LABEL_ID = {c: i for i, c in enumerate(CLASSES)}
 
 # Short status codes; the reason column says the specifics.

@@ -134,23 +134,13 @@ def _similarity_to_eyes(points68: np.ndarray) -> np.ndarray:
     return np.stack([z.real, z.imag], axis=1)
 
 
-def _bundled_photographs() -> list[np.ndarray]:
-    import matplotlib.cbook
-    import skimage.data
-
-    hopper = cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
-    if hopper is None:
-        raise RuntimeError("matplotlib's grace_hopper.jpg sample could not be read")
-    return [skimage.data.astronaut(), cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)]
-
-
 @functools.lru_cache(maxsize=1)
 def _photo_landmarks() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """(image, 68 landmarks) of each bundled photograph, largest face."""
-    from merlib.preprocess.landmarks import detect_face, landmarks68
+    from merlib.faces import PHOTOGRAPHS, detect_face, landmarks68, photograph
 
     out = []
-    for image in _bundled_photographs():
+    for image in map(photograph, PHOTOGRAPHS):
         box = detect_face(image)
         if box is None:
             raise RuntimeError("no face found in a bundled photograph; cannot build the template")
