@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from merlib.config import VARIANT_ORDER, Paths, make_run_config, project_root
+from merlib.config import VARIANT_ORDER, ExecutorConfig, Paths, make_run_config, project_root
 
 KERNEL = "merlib"
 TRAINING_PREFIX = "04"
@@ -37,17 +37,35 @@ def jobs(selected: list[Path]):
 
 
 def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = None,
-        kernel: str = KERNEL) -> list[Path]:
-    """Execute the notebooks in order with ``parameters``; stop at the first failure."""
+        kernel: str = KERNEL, executor: ExecutorConfig | None = None) -> list[Path]:
+    """Execute the notebooks in order with ``parameters``; stop at the first failure.
+
+    With an ``executor`` other than local, every variant's folds are trained on it first, here
+    (notebooks never start clusters); notebook 04 then finds them finished and pools them."""
+    import dataclasses
+
     import papermill as pm
 
     paths = paths or Paths.from_env()
-    config = make_run_config(**parameters)  # refuses bad options before any notebook starts
+    params = {**parameters, "seed": parameters.get("train_seed")}
+    params.pop("train_seed", None)
+    config = make_run_config(**params)  # refuses bad options before any notebook starts
     out_dir = paths.runs_for(config.data.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not only or nb.name[:2] in only]
     if not selected:
         raise SystemExit(f"no notebook matches --only {','.join(only)}")
+    if executor is not None and executor.kind != "local" and any(
+            nb.name.startswith(TRAINING_PREFIX) for nb in selected):
+        from merlib.experiment import prepare, train
+
+        prepared = prepare(config, paths=paths)
+        for k in VARIANT_ORDER:
+            variant = dataclasses.replace(config, executor=executor, train=dataclasses.replace(
+                config.train, model=dataclasses.replace(config.train.model, blocks=k)))
+            print(f"[merlib reproduce] {config.data.name} blocks={k}: folds on {executor.kind}",
+                  file=sys.stderr, flush=True)
+            train(variant, prepared=prepared, paths=paths)
     done = []
     for nb, extra, out_name in jobs(selected):
         t0 = time.time()

@@ -53,20 +53,41 @@ def run_parameters(args: argparse.Namespace) -> dict:
               "apex": a["apex"], "scheme": a["scheme"]}
     if "profile" in a:  # preprocess takes only the options above
         params.update(profile=a["profile"], epochs=a["epochs"] or 0, weights=a["weights"] or "",
-                      inputs=a["inputs"] or "", train_seed=a["train_seed"])
+                      inputs=a["inputs"] or "", train_seed=a["train_seed"], model=a["model"],
+                      overrides=dict(_setting(v) for v in a["set"] or []))
     if "blocks" in a:
         params["blocks"] = a["blocks"]
     return params
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE (a dotted setting, e.g. train.lr=1e-3), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def executor_config(args: argparse.Namespace):
+    """``--executor`` and its options as an ExecutorConfig (same field names)."""
+    from merlib.config import ExecutorConfig
+
+    a = vars(args)
+    return ExecutorConfig(kind=a.get("executor", "local"), workers=a.get("workers", 0),
+                          scheduler=a.get("scheduler") or "",
+                          slurm_partition=a.get("slurm_partition") or "",
+                          slurm_gpus_per_task=a.get("slurm_gpus_per_task", 1),
+                          slurm_time=a.get("slurm_time", 240),
+                          slurm_array_parallelism=a.get("slurm_array_parallelism", 16))
 
 
 def _config(args: argparse.Namespace):
     """The RunConfig of the command's options; None after printing why, when they are invalid."""
     from merlib.config import make_run_config
 
-    params = run_parameters(args)
-    params["seed"] = params.pop("train_seed", None)
     try:
-        return make_run_config(**params)
+        params = run_parameters(args)
+        params["seed"] = params.pop("train_seed", None)
+        return make_run_config(**params, executor=executor_config(args))
     except ValueError as exc:
         print(f"merlib {args.command}: {exc}", file=sys.stderr)
         return None
@@ -127,7 +148,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     only = tuple(s.strip().zfill(2) for s in args.only.split(",")) if args.only else ()
     t0 = time.time()
-    run(run_parameters(args), only=only)
+    run(run_parameters(args), only=only, executor=executor_config(args))
     print(f"[merlib reproduce] {args.dataset}: all done in {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 
@@ -169,7 +190,7 @@ def _prep_args(s: argparse.ArgumentParser) -> None:
 
 
 def _train_args(s: argparse.ArgumentParser) -> None:
-    from merlib.config import INPUTS, PROFILE_NAMES
+    from merlib.config import EXECUTORS, INPUTS, NETS, PROFILE_NAMES
 
     g = s.add_argument_group("training")
     g.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
@@ -179,6 +200,21 @@ def _train_args(s: argparse.ArgumentParser) -> None:
                    help="what the trainable part sees: the maps (paper's default) or the maps "
                         "minus the onset frame's (quick's default; docs/DECISIONS.md)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of the trainable weights and batches")
+    g.add_argument("--model", choices=NETS, default="mernet",
+                   help="the paper's network, or a baseline trained under the same LOSO (Table 6)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other setting by its dotted name in config.json's run section, e.g. "
+                        "train.lr=1e-3 or train.augment.max_rotation_deg=5 (repeatable)")
+    g = s.add_argument_group("where the folds run (results do not depend on it)")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: one after another here; dask: a LocalCluster (one worker per GPU, "
+                        "or --workers CPU workers) or --scheduler; slurm: submitit array jobs")
+    g.add_argument("--workers", type=int, default=0, help="dask LocalCluster workers (0: per GPU, else cores)")
+    g.add_argument("--scheduler", help="dask: address of an existing scheduler (tcp://host:8786)")
+    g.add_argument("--slurm-partition")
+    g.add_argument("--slurm-gpus-per-task", type=int, default=1)
+    g.add_argument("--slurm-time", type=int, default=240, help="minutes per fold task")
+    g.add_argument("--slurm-array-parallelism", type=int, default=16)
 
 
 def build_parser() -> argparse.ArgumentParser:

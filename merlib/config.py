@@ -326,9 +326,9 @@ class RunConfig:
             parts = [f"{self.train.net}-{self.train.profile}"]
         default_train = to_jsonable(PROFILES[self.train.profile])
         default_prep = to_jsonable(PreprocessConfig(apex=apex_for(self.data.loader)))
-        changed = (_flat_diff(to_jsonable(self.train), default_train,
+        changed = (flat_diff(to_jsonable(self.train), default_train,
                               skip={"profile", "model.blocks", "net"})
-                   + _flat_diff(to_jsonable(self.preprocess), default_prep))
+                   + flat_diff(to_jsonable(self.preprocess), default_prep))
         for key, value in changed:
             parts.append(re.sub(r"[^A-Za-z0-9.]+", "", f"{key.rsplit('.', 1)[-1]}{value}"))
         name = "-".join(parts)
@@ -349,7 +349,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _flat_diff(now: dict, before: dict, skip=frozenset()) -> list[tuple[str, object]]:
+def flat_diff(now: dict, before: dict, skip=frozenset()) -> list[tuple[str, object]]:
     """(dotted key, value now) for every setting that differs between two nested dicts."""
     a, b = _flatten(now), _flatten(before)
     return [(k, a.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in skip]
@@ -369,21 +369,48 @@ def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
                     inputs: str | None = None, seed: int | None = None,
                     shuffle_labels: bool = False, device: str | None = None,
                     keep_checkpoints: bool | None = None, model: str = "mernet",
-                    executor: ExecutorConfig | None = None) -> RunConfig:
+                    executor: ExecutorConfig | None = None,
+                    overrides: dict[str, object] | None = None) -> RunConfig:
     """The run configuration from flat options: the names of ``merlib train``'s flags and of the
-    notebooks' parameters. ``None`` / 0 / "" keeps the profile's own value."""
+    notebooks' parameters. ``None`` / 0 / "" keeps the profile's own value. ``overrides`` sets
+    any other field by its dotted name (``{"train.lr": 1e-3}``; ``merlib train --set``)."""
     _check("profile", profile, PROFILE_NAMES)
     data = DataConfig(dataset=dataset, root=str(data_root or ""), preset=synth_preset,
                       layout=synth_layout, seed=synth_seed)
     prep = PreprocessConfig(apex=apex_for(data.loader, apex), scheme=scheme)
     base = PROFILES[profile]
+    extra = dict(overrides or {})
     overrides = {k: v for k, v in {"epochs": epochs or None, "weights": weights or None,
                                    "inputs": inputs or None, "seed": seed,
                                    "device": device or None,
                                    "checkpoints": keep_checkpoints}.items() if v is not None}
     train = dataclasses.replace(base, model=dataclasses.replace(base.model, blocks=blocks),
                                 net=model, shuffle_labels=bool(shuffle_labels), **overrides)
-    return RunConfig(data, prep, train, executor or ExecutorConfig())
+    config = RunConfig(data, prep, train, executor or ExecutorConfig())
+    return with_overrides(config, extra) if extra else config
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, object]) -> RunConfig:
+    """``config`` with fields set by dotted name; a value given as text is read as JSON when it
+    parses (``1e-3``, ``true``, ``[128, 64]``), else kept as text. Unknown names are refused."""
+    d = config.to_dict()
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = d
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown setting {key!r}: {part!r} is not a section")
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], dict):
+            raise ValueError(f"unknown setting {key!r}; the settings are "
+                             f"{', '.join(sorted(_flatten(config.to_dict())))}")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        node[leaf] = value
+    return RunConfig.from_dict(d)
 
 
 def git_commit(root: Path | None = None) -> str:

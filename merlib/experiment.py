@@ -18,7 +18,7 @@ import pandas as pd
 
 from merlib import metrics
 from merlib.config import (PROFILES, VARIANT_ORDER, VARIANTS, Paths, PreprocessConfig, RunConfig,
-                           apex_for, atomic_write_text, make_run_config)
+                           flat_diff, apex_for, atomic_write_text, make_run_config)
 from merlib.datasets.resolve import DataSpec, index_hash, load_index, resolve
 
 
@@ -77,8 +77,14 @@ def train_command(config: RunConfig) -> str:
                                  ("--train-seed", t.seed, base.seed)):
         if value != default:
             parts.append(f"{flag} {value}")
-    if t.shuffle_labels:
-        parts.append("--shuffle-labels")
+    if t.net != "mernet":
+        parts.append(f"--model {t.net}")
+    flags = make_run_config(
+        dataset=d.dataset, data_root=d.root, synth_preset=d.preset, synth_layout=d.layout,
+        synth_seed=d.seed, apex=p.apex, scheme=p.scheme, profile=t.profile, blocks=t.blocks,
+        epochs=t.epochs, weights=t.weights, inputs=t.inputs, seed=t.seed, model=t.net)
+    for key, value in flat_diff(config.identity(), flags.identity()):  # the rest: --set
+        parts.append(f"--set {key.removeprefix('run.')}={json.dumps(value)}")
     return " ".join(parts)
 
 
@@ -229,10 +235,12 @@ class Run:
 def open_run(*, dataset: str = "synthme", data_root: str = "", profile: str = "quick",
              synth_preset: str = "tiny", synth_seed: int = 0, synth_layout: str = "casme2",
              blocks: int = 10, epochs: int = 0, weights: str = "", inputs: str = "",
-             apex: str = "annotated", scheme: str = "fr72", train_seed: int = 0) -> Run:
-    """The notebooks' one setup call: their papermill parameters in, a :class:`Run` out."""
+             apex: str = "annotated", scheme: str = "fr72", train_seed: int = 0,
+             model: str = "mernet", overrides: dict | None = None) -> Run:
+    """The notebooks' one setup call: their papermill parameters in, a :class:`Run` out.
+    Notebooks always run their folds here (``local``); they never start a cluster."""
     return Run(make_run_config(dataset=dataset, data_root=data_root, profile=profile,
                                synth_preset=synth_preset, synth_seed=synth_seed,
                                synth_layout=synth_layout, blocks=blocks, epochs=epochs or None,
                                weights=weights or None, inputs=inputs or None, apex=apex,
-                               scheme=scheme, seed=train_seed))
+                               scheme=scheme, seed=train_seed, model=model, overrides=overrides))
