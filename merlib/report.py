@@ -116,6 +116,29 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
     return paths
 
 
+class FigureView:
+    """How a notebook shows a figure: one PNG image, and a caption as its text form (instead of
+    matplotlib's ``<Figure size …>``, which is all a reader sees where images do not render)."""
+
+    def __init__(self, fig, caption: str, *, dpi: int = 100) -> None:
+        self.fig, self.caption, self.dpi = fig, caption, dpi
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        return self.caption
+
+
+def show(fig, caption: str) -> FigureView:
+    """The figure as the notebook's cell result: exactly one image, captioned."""
+    return FigureView(fig, caption)
+
+
 def write_figure(fig, out_dir: Path, name: str, prov: Provenance, **extra) -> dict[str, Path]:
     """``name.png``, ``name.pdf`` and ``name.provenance.json`` in ``out_dir``."""
     out_dir = Path(out_dir)

@@ -131,7 +131,7 @@ def run(index: pd.DataFrame, cfg: PreprocessConfig, cache_dir: str | Path, *, jo
 
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     with tqdm(total=len(todo), desc=f"preprocess {datasets[0]}", unit="clip",
-              disable=not progress) as bar:
+              disable=not progress or not todo) as bar:  # no bar when nothing to do
         if jobs == 1 or len(todo) <= 1:
             for row in todo:
                 _work(row, cfg, folder)
