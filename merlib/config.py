@@ -240,6 +240,7 @@ class TrainConfig:
     checkpoints: bool = True   # write each fold's trainable weights (~100-170 MB per fold)
     inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
     augment: AugmentConfig = AugmentConfig()
+    baseline_epochs: int = 0   # a baseline net's epochs; 0 = its reference's (merlib.baselines)
 
     def __post_init__(self) -> None:
         _check("profile", self.profile, PROFILE_NAMES)

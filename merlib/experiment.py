@@ -92,14 +92,18 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
           restart: bool = False, paths: Paths | None = None, cache: str | Path | None = None,
           jobs: int = 0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """LOSO for one run; writes predictions.csv, metrics.json and config.json in its folder."""
-    from merlib.train import load_clipset, run_loso
+    from merlib.train import build_baseline_context, load_clipset, run_loso
 
     paths = paths or Paths.from_env()
     prepared = prepared or prepare(config, paths=paths, cache=cache, jobs=jobs, progress=progress)
     default_dir = run_dir(config, paths)
     out_dir = Path(out_dir) if out_dir else default_dir
     t0 = time.time()
-    clips = load_clipset(prepared.manifest, config.train.blocks)
+    if config.train.net == "mernet":
+        clips = load_clipset(prepared.manifest, config.train.blocks)
+    else:  # a baseline: its features, computed once per clip and cached beside the maps
+        clips = build_baseline_context(prepared.manifest, config, jobs=jobs, progress=progress,
+                                       features_dir=prepared.cache_dir / "baselines")
     pred = run_loso(clips, config, out_dir, maps_dir=prepared.cache_dir / "maps",
                     prep_key=prepared.prep.key(), index_hash=index_hash(prepared.index),
                     manifest_file=prepared.manifest_file, restart=restart, progress=progress,
@@ -108,7 +112,8 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
     summary = {
         "dataset": prepared.spec.dataset, "run": prepared.spec.name, "name": config.run_name(),
         "profile": config.train.profile, "blocks": config.train.blocks,
-        "variant": VARIANTS[config.train.blocks], "inputs": config.train.inputs,
+        "variant": VARIANTS[config.train.blocks] if config.train.net == "mernet" else config.train.net,
+        "net": config.train.net, "inputs": config.train.inputs,
         "n_clips": int(len(pred)), "n_folds": int(pred["fold"].nunique()),
         "wall_time_s": round(time.time() - t0, 1),
         "pooled": metrics.compute_metrics(pred["y_true"], pred["y_pred"]),

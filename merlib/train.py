@@ -308,6 +308,17 @@ class FoldContext:
     maps_file: Path | None = None
 
     @property
+    def meta(self) -> pd.DataFrame:
+        return self.clips.meta
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.clips.labels
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
     def need_f28(self) -> bool:
         return (self.model.bia is not None and self.crops is None) or self.maps.f14 is None
 
@@ -363,13 +374,14 @@ def fold_labels(labels: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig, fol
 
 # --------------------------------------------------------------------------- folds
 
-def plan_folds(clips: ClipSet) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Leave-one-subject-out (train, test) indices, in scikit-learn's order."""
+def plan_folds(clips) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-subject-out (train, test) indices, in scikit-learn's order, of anything with
+    ``meta`` (a subject column) and ``labels``: clips, or a fold context."""
     subjects = clips.meta["subject"].to_numpy()
     return list(LeaveOneGroupOut().split(np.zeros(len(clips)), clips.labels, groups=subjects))
 
 
-def fold_dir(run_dir: Path, clips: ClipSet, fold: int, test_idx: np.ndarray) -> Path:
+def fold_dir(run_dir: Path, clips, fold: int, test_idx: np.ndarray) -> Path:
     return Path(run_dir) / "folds" / f"{fold:03d}_{clips.meta['subject'].iloc[test_idx[0]]}"
 
 
@@ -405,21 +417,82 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if n in names or not t.is_floating_point()}
 
 
-def load_context(config: RunConfig, run_dir: Path, *, progress: bool = False) -> FoldContext:
-    """A worker's own :class:`FoldContext`, from the plan the driver wrote in ``run_dir``."""
+def load_context(config: RunConfig, run_dir: Path, *, progress: bool = False):
+    """A worker's own fold context, from the plan the driver wrote in ``run_dir``."""
     from merlib.preprocess.pipeline import load_manifest
 
     plan = json.loads((Path(run_dir) / PLAN_FILE).read_text())
     if not plan.get("manifest"):
         raise ValueError(f"{run_dir / PLAN_FILE} names no preprocessing manifest: this run was "
                          f"planned from clips in memory, so its folds run only in that process")
+    if config.train.net != "mernet":  # features are cached by the driver: this only reads them
+        return build_baseline_context(load_manifest(plan["manifest"]), config,
+                                      features_dir=Path(plan["features_dir"]), jobs=1)
     clips = load_clipset(load_manifest(plan["manifest"]), config.train.blocks)
     return build_context(clips, config, maps_file=Path(plan["maps_file"]) if plan["maps_file"] else None,
                          progress=progress)
 
 
+@dataclass
+class BaselineContext:
+    """What every fold of a baseline run shares: the clips' features (one row per usable clip
+    whose features could be computed), their meta and labels, and the clips that failed."""
+
+    name: str
+    X: np.ndarray
+    meta: pd.DataFrame
+    labels: np.ndarray
+    failed: pd.DataFrame
+    device: torch.device
+    features_dir: Path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def build_baseline_context(manifest: pd.DataFrame, config: RunConfig, *, features_dir: Path,
+                           jobs: int = 0, progress: bool = False) -> BaselineContext:
+    """Features of a baseline (cached per clip under ``features_dir``); failed clips are named."""
+    from merlib import baselines
+
+    X, meta, failed = baselines.build_features(config.train.net, manifest, features_dir,
+                                               jobs=jobs, progress=progress)
+    if not len(meta):
+        raise ValueError(f"{config.train.net}: no clip has usable features "
+                         f"({len(failed)} failed: {', '.join(failed['clip'].astype(str)[:5])})")
+    labels = meta["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+    return BaselineContext(config.train.net, X, meta[["dataset", "source", "subject", "clip"]]
+                           .reset_index(drop=True), labels, failed,
+                           resolve_device(config.train.device), Path(features_dir))
+
+
+def _baseline_probs(ctx: BaselineContext, cfg: TrainConfig, labels: np.ndarray,
+                    train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    from merlib import baselines
+
+    groups = ctx.meta["subject"].to_numpy()
+    probs = baselines.fit_predict(ctx.name, ctx.X[train_idx], labels[train_idx], groups[train_idx],
+                                  ctx.X[test_idx], seed=seed, device=ctx.device.type,
+                                  epochs=cfg.baseline_epochs or None)
+    return probs, {"net": ctx.name}
+
+
+def _mernet_probs(ctx: FoldContext, cfg: TrainConfig, labels: np.ndarray, train_idx: np.ndarray,
+                  test_idx: np.ndarray, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
+    _seed_all(seed)
+    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
+    inputs = MapInputs.fit(ctx.moments, train_idx, cfg.inputs)  # training subjects only
+    fold_cfg = dataclasses.replace(cfg, seed=seed)
+    opt = make_optimizer([p for p in ctx.model.parameters() if p.requires_grad], fold_cfg)
+    rng = np.random.default_rng(seed)
+    y = torch.as_tensor(labels)
+    losses = [train_one_epoch(ctx, opt, y, train_idx, fold_cfg, inputs, rng)
+              for _ in tqdm(range(cfg.epochs), desc="epochs", leave=False, disable=not progress)]
+    return evaluate(ctx, test_idx, inputs), {"inputs": dataclasses.asdict(inputs), "losses": losses}
+
+
 def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
-             context: FoldContext | None = None, progress: bool = False) -> dict:
+             context: FoldContext | BaselineContext | None = None, progress: bool = False) -> dict:
     """Train on every subject but fold ``fold``'s, predict that subject, write the fold's files.
 
     Returns at once when the fold's predictions exist; writes ``predictions.csv`` last and
@@ -428,43 +501,39 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     ctx = context or load_context(config, run_dir, progress=progress)
     cfg = config.train
-    train_idx, test_idx = plan_folds(ctx.clips)[fold]
-    out = fold_dir(run_dir, ctx.clips, fold, test_idx)
-    subject = ctx.clips.meta["subject"].iloc[test_idx[0]]
+    train_idx, test_idx = plan_folds(ctx)[fold]
+    out = fold_dir(run_dir, ctx, fold, test_idx)
+    subject = ctx.meta["subject"].iloc[test_idx[0]]
     done = out / "predictions.csv"
     if done.exists():
         return {"fold": fold, "subject": subject, "state": "skipped", "seconds": 0.0}
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seed = cfg.seed + fold
-    _seed_all(seed)
-    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
-    labels = torch.as_tensor(fold_labels(ctx.clips.labels, train_idx, cfg, fold))
-    inputs = MapInputs.fit(ctx.moments, train_idx, cfg.inputs)  # training subjects only
-    fold_cfg = dataclasses.replace(cfg, seed=seed)
-    opt = make_optimizer([p for p in ctx.model.parameters() if p.requires_grad], fold_cfg)
-    rng = np.random.default_rng(seed)
-    losses = [train_one_epoch(ctx, opt, labels, train_idx, fold_cfg, inputs, rng)
-              for _ in tqdm(range(cfg.epochs), desc=f"fold {fold} epochs", leave=False,
-                            disable=not progress)]
-    probs = evaluate(ctx, test_idx, inputs)
-    pred = ctx.clips.meta.iloc[test_idx].reset_index(drop=True).copy()
+    labels = fold_labels(ctx.labels, train_idx, cfg, fold)
+    if isinstance(ctx, BaselineContext):
+        probs, record = _baseline_probs(ctx, cfg, labels, train_idx, test_idx, seed)
+    else:
+        probs, record = _mernet_probs(ctx, cfg, labels, train_idx, test_idx, seed, progress)
+    pred = ctx.meta.iloc[test_idx].reset_index(drop=True).copy()
     pred["fold"] = fold
-    pred["y_true"] = ctx.clips.labels[test_idx]
+    pred["y_true"] = ctx.labels[test_idx]
     pred["y_pred"] = probs.argmax(1)
     pred[PROB_COLUMNS] = probs
     pred["profile"] = cfg.profile
     pred["blocks"] = cfg.blocks
     pred["inputs"] = cfg.inputs
-    if cfg.checkpoints:
+    if cfg.net != "mernet":
+        pred["net"] = cfg.net
+    if cfg.checkpoints and isinstance(ctx, FoldContext):
         tmp = out / "checkpoint.pt.tmp"
         torch.save({"model": _trainable_state(ctx.model), "fold": fold, "subject": subject,
-                    "epochs": cfg.epochs, "losses": losses}, tmp)
+                    "epochs": cfg.epochs, "losses": record["losses"]}, tmp)
         tmp.replace(out / "checkpoint.pt")
     seconds = round(time.time() - t0, 2)
     atomic_write_text(out / "fold.json", json.dumps(
         {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
-         "inputs": dataclasses.asdict(inputs), "losses": losses, "checkpoint": cfg.checkpoints,
+         **record, "checkpoint": cfg.checkpoints and isinstance(ctx, FoldContext),
          "seconds": seconds}, indent=2))
     atomic_write_text(done, pred.to_csv(index=False))  # last: its presence marks the fold finished
     return {"fold": fold, "subject": subject, "state": "done", "seconds": seconds}
@@ -472,15 +541,16 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
 
 # --------------------------------------------------------------------------- LOSO
 
-def run_loso(clips: ClipSet, config: RunConfig, out_dir: str | Path, *,
+def run_loso(clips: ClipSet | BaselineContext, config: RunConfig, out_dir: str | Path, *,
              maps_dir: Path | None = None, prep_key: str = "", index_hash: str = "",
              manifest_file: Path | None = None, restart: bool = False, progress: bool = True,
              suggest: str = "") -> pd.DataFrame:
     """Leave-one-subject-out training and pooled predictions, resuming finished folds.
 
     Plans once (resume check, ``config.json``, frozen maps, ``plan.json``), runs
-    :func:`run_fold` per fold in this process, pools. ``restart`` discards an earlier run in
-    ``out_dir``; ``suggest`` is the folder a refusal names as the alternative."""
+    :func:`run_fold` per fold in this process, pools. ``clips`` are the paper model's clips, or a
+    baseline's ready context. ``restart`` discards an earlier run in ``out_dir``; ``suggest`` is
+    the folder a refusal names as the alternative."""
     out_dir = Path(out_dir)
     record = {"run": config.identity(), "index_hash": index_hash}
     check_resumable(out_dir, record, restart=restart, suggest=suggest)
@@ -489,17 +559,25 @@ def run_loso(clips: ClipSet, config: RunConfig, out_dir: str | Path, *,
     if (out_dir / "config.json").exists() and all((d / "predictions.csv").exists() for d in dirs):
         return _pool(dirs, out_dir)  # finished earlier: just pool
 
-    ctx = build_context(clips, config, maps_dir=maps_dir, prep_key=prep_key, progress=progress)
-    save_config(out_dir / "config.json", **record, weights_used=ctx.weights_tag,
-                executor=config.executor)
+    if isinstance(clips, BaselineContext):
+        from merlib.baselines import hyperparameters
+
+        ctx, extra = clips, {"weights_used": "none (baseline)",
+                             "baseline": hyperparameters(config.train.net),
+                             "failed_clips": clips.failed.to_dict(orient="records")}
+    else:
+        ctx = build_context(clips, config, maps_dir=maps_dir, prep_key=prep_key, progress=progress)
+        extra = {"weights_used": ctx.weights_tag}
+    save_config(out_dir / "config.json", **record, **extra, executor=config.executor)
     atomic_write_text(out_dir / PLAN_FILE, json.dumps(
         {"manifest": str(manifest_file) if manifest_file else "",
-         "maps_file": str(ctx.maps_file) if ctx.maps_file else "",
+         "maps_file": str(getattr(ctx, "maps_file", None) or ""),
+         "features_dir": str(getattr(ctx, "features_dir", "")),
          "folds": [{"fold": i, "subject": d.name.split("_", 1)[1], "n_test": len(te)}
                    for i, ((_, te), d) in enumerate(zip(folds, dirs))]}, indent=2) + "\n")
     todo = [i for i, d in enumerate(dirs) if not (d / "predictions.csv").exists()]
     if config.executor.kind == "local":
-        bar = tqdm(todo, desc=f"LOSO {config.train.profile} blocks={config.train.blocks}",
+        bar = tqdm(todo, desc=f"LOSO {config.run_name()}",
                    disable=not progress or not todo)
         for fold in bar:
             run_fold(config, fold, out_dir, context=ctx)

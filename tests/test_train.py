@@ -276,3 +276,24 @@ def test_maps_cache_key_depends_on_the_seed_only_through_augmented_views(clips):
     assert key(seed=0) == key(seed=1)                       # one view: the clip itself
     assert key(seed=0, views=4) != key(seed=1, views=4)     # views 1.. are drawn from the seed
     assert key(views=1) != key(views=4)
+
+
+@pytest.mark.parametrize("net,shape", [("lbptop-svm", (1200,)), ("ststnet", (3, 28, 28))])
+def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp_path):
+    from merlib.train import BaselineContext
+    rng = np.random.default_rng(0)
+    n = 12
+    labels = np.arange(n) % 3
+    meta = pd.DataFrame({"dataset": "synthme", "source": "casme2",
+                         "subject": [f"s{i // 4}" for i in range(n)], "clip": [f"c{i}" for i in range(n)]})
+    X = rng.normal(size=(n, *shape)).astype(np.float32) + labels.reshape(-1, *[1] * len(shape))
+    ctx = BaselineContext(net, X, meta, labels, pd.DataFrame(), torch.device("cpu"), tmp_path)
+    cfg = RunConfig(train=dataclasses.replace(_train(), net=net, baseline_epochs=2))
+    pred = run_loso(ctx, cfg, tmp_path / "run", progress=False)
+    assert sorted(pred["clip"]) == sorted(meta["clip"]) and pred["fold"].nunique() == 3
+    assert (pred["net"] == net).all()
+    np.testing.assert_allclose(pred[["p_negative", "p_positive", "p_surprise"]].sum(axis=1), 1.0, atol=1e-5)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["run"]["train"]["net"] == net and saved["weights_used"] == "none (baseline)"
+    again = run_loso(ctx, cfg, tmp_path / "run", progress=False)  # finished: pooled, not redone
+    pd.testing.assert_frame_equal(again, pred)
