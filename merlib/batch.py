@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from merlib.config import VARIANT_ORDER, ExecutorConfig, Paths, make_run_config, project_root
+from merlib.config import NETS, VARIANT_ORDER, ExecutorConfig, Paths, make_run_config, project_root
 
 KERNEL = "merlib"
 TRAINING_PREFIX = "04"
@@ -27,11 +27,14 @@ def notebooks(folder: Path | None = None) -> list[Path]:
 
 
 def jobs(selected: list[Path]):
-    """(notebook, extra parameters, executed file name): the training notebook once per variant."""
+    """(notebook, extra parameters, executed file name): the training notebook once per variant
+    of the paper's model, then once per Table 6 baseline."""
     for nb in selected:
         if nb.name.startswith(TRAINING_PREFIX):
             for k in VARIANT_ORDER:
                 yield nb, {"blocks": k}, f"{nb.stem}-blocks{k}.ipynb"
+            for net in NETS[1:]:
+                yield nb, {"model": net}, f"{nb.stem}-{net}.ipynb"
         else:
             yield nb, {}, nb.name
 

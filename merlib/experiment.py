@@ -130,7 +130,8 @@ def read_run(config: RunConfig, paths: Paths | None = None) -> tuple[pd.DataFram
     folder = run_dir(config, paths)
     files = [folder / n for n in ("predictions.csv", "metrics.json", "config.json")]
     if not all(f.exists() for f in files):
-        raise MissingRun(f"{VARIANTS[config.train.blocks]} has no finished run in {folder}. "
+        what = VARIANTS[config.train.blocks] if config.train.net == "mernet" else config.train.net
+        raise MissingRun(f"{what} has no finished run in {folder}. "
                          f"Train it with:  {train_command(config)}  (or run notebook 04 with "
                          f"blocks = {config.train.blocks}; `merlib reproduce` runs every variant)")
     pred = pd.read_csv(files[0], dtype={"subject": str, "clip": str})
@@ -225,6 +226,22 @@ class Run:
                 preds[k] = read_run(self.variant(k), self.paths)[0]
             except MissingRun:
                 missing[k] = train_command(self.variant(k))
+        return preds, missing
+
+    def baseline(self, net: str) -> RunConfig:
+        """This run's data and profile with a Table 6 baseline instead of the paper's model."""
+        return dataclasses.replace(self.config, train=dataclasses.replace(self.config.train, net=net))
+
+    def baseline_results(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """Pooled predictions of each finished baseline, and the command for each missing one."""
+        from merlib.config import NETS
+
+        preds, missing = {}, {}
+        for net in NETS[1:]:
+            try:
+                preds[net] = read_run(self.baseline(net), self.paths)[0]
+            except MissingRun:
+                missing[net] = train_command(self.baseline(net))
         return preds, missing
 
     def weights_used(self, blocks=VARIANT_ORDER) -> str:

@@ -323,8 +323,16 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
     return pd.DataFrame(rows)
 
 
-def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: str) -> pd.DataFrame:
-    """The paper's comparison rows as reported, plus our measured 10-IB row."""
+# Each measured baseline beside the paper's row of the same method (STSTNet is not in the paper's
+# Table 6; its own paper reports MEGC2019 full UF1 0.7353, UAR 0.7605).
+BASELINE_ROWS = {"lbptop-svm": "LBP-TOP", "off-apexnet": "OFF-ApexNet", "ststnet": None}
+
+
+def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: str,
+           baselines: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """The paper's comparison rows as reported, each followed by the same method measured here
+    under merlib's protocol where one was run (baselines and the 10-IB model); ``origin`` says
+    which is which, so the two can never be confused."""
     from merlib.metrics import compute_metrics
 
     ref_ds, _ = paper_reference(dataset, source)
@@ -338,12 +346,21 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     wide = wide.rename(columns=METRIC_LABEL)
     wide.columns.name = None
     wide["origin"] = f"reported ({ref_ds} column of the paper)"
-    if preds10 is not None:
-        m = compute_metrics(preds10["y_true"], preds10["y_pred"])
-        wide.loc[len(wide)] = {"method": f"merlib 10 IBs on {dataset}", "ref": "",
-                               "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
-                               "origin": f"measured here ({profile_label(preds10, profile)} profile)"}
-    return wide
+
+    def measured(name: str, pred: pd.DataFrame) -> dict:
+        m = compute_metrics(pred["y_true"], pred["y_pred"])
+        return {"method": name, "ref": "", "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
+                "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset})"}
+
+    extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
+    tail = []
+    for net, pred in (baselines or {}).items():
+        row = measured(net, pred)
+        (extra.setdefault(BASELINE_ROWS[net], []) if BASELINE_ROWS.get(net) else tail).append(row)
+    rows = []
+    for rec in wide.to_dict(orient="records"):
+        rows += [rec, *extra.get(rec["method"], [])]
+    return pd.DataFrame(rows + tail, columns=wide.columns)
 
 
 def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
@@ -361,18 +378,21 @@ def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 def figure6(preds: dict[int, pd.DataFrame], *, title: str):
     """The variants' confusion matrices side by side (rows: true class, columns: predicted)."""
+    return confusion_grid({VARIANTS[k]: preds[k] for k in VARIANT_ORDER if k in preds}, title=title)
+
+
+def confusion_grid(preds: dict[str, pd.DataFrame], *, title: str):
+    """One confusion matrix per named set of pooled predictions, side by side."""
     import seaborn as sns
 
     from merlib.metrics import compute_metrics, confusion
 
-    ks = [k for k in VARIANT_ORDER if k in preds]
-    fig, axes = _figure(1, len(ks), figsize=(4.2 * len(ks), 3.8), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        p = preds[k]
+    fig, axes = _figure(1, max(len(preds), 1), figsize=(4.2 * max(len(preds), 1), 3.8), squeeze=False)
+    for ax, (name, p) in zip(axes[0], preds.items()):
         cm = confusion(p["y_true"], p["y_pred"])
         m = compute_metrics(p["y_true"], p["y_pred"])
         sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True)
-        ax.set_title(f"{VARIANTS[k]}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
+        ax.set_title(f"{name}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
                      fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")

@@ -521,9 +521,10 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
     pred["y_pred"] = probs.argmax(1)
     pred[PROB_COLUMNS] = probs
     pred["profile"] = cfg.profile
-    pred["blocks"] = cfg.blocks
-    pred["inputs"] = cfg.inputs
-    if cfg.net != "mernet":
+    if cfg.net == "mernet":
+        pred["blocks"] = cfg.blocks
+        pred["inputs"] = cfg.inputs
+    else:  # blocks and map inputs are the paper model's; a baseline has its own features
         pred["net"] = cfg.net
     if cfg.checkpoints and isinstance(ctx, FoldContext):
         tmp = out / "checkpoint.pt.tmp"

@@ -140,10 +140,22 @@ def test_table6_keeps_reported_rows_and_adds_the_measured_one(three_variants):
     t = report.table6(three_variants[10], dataset="casme2", source="casme2", profile="quick")
     assert len(t) == 9 + 1  # eight methods + the paper's own row, then ours
     assert t["origin"].str.startswith("reported").sum() == 9
-    last = t.iloc[-1]
-    assert last["origin"] == "measured here (quick profile)" and last["Acc"] == 1.0
+    ours = t[t["method"] == "merlib 10 IBs"].iloc[0]
+    assert ours["origin"] == "measured here (quick profile, casme2)" and ours["Acc"] == 1.0
+    # the measured row follows the paper's own row
+    assert t.index[t["method"] == "merlib 10 IBs"][0] == t.index[t["method"] == "Our (10 IBs)"][0] + 1
     gp = t[t["method"] == "GP"].iloc[0]
     assert gp["ref"] == "[13]" and np.isnan(gp["Acc"]) and gp["UF1"] == 0.8459
+
+
+def test_table6_puts_each_measured_baseline_under_the_reported_method(three_variants):
+    base = {"lbptop-svm": three_variants[0], "ststnet": three_variants[24]}
+    t = report.table6(None, dataset="megc", source="megc", profile="quick", baselines=base)
+    methods = t["method"].tolist()
+    assert methods[methods.index("LBP-TOP") + 1] == "lbptop-svm"
+    assert methods[-1] == "ststnet"  # not in the paper's Table 6: last, measured only
+    assert (t.loc[t["method"].isin(base), "origin"] == "measured here (quick profile, megc)").all()
+    assert t["origin"].str.startswith("reported").sum() == 9
 
 
 def test_per_source_subsets_of_pooled_predictions():
@@ -218,7 +230,7 @@ def test_tables_name_a_non_paper_input_representation(three_variants):
     t5 = report.table5(runs, dataset="synthme", source="casme2", profile="quick")
     assert (t5["profile"] == "quick (onset-delta maps)").all()
     t6 = report.table6(runs[10], dataset="synthme", source="casme2", profile="quick")
-    assert t6.iloc[-1]["origin"] == "measured here (quick (onset-delta maps) profile)"
+    assert t6.iloc[-1]["origin"] == "measured here (quick (onset-delta maps) profile, synthme)"
     paper_inputs = {k: p.assign(inputs="frames") for k, p in three_variants.items()}
     assert (report.table5(paper_inputs, dataset="casme2", source="casme2",
                           profile="paper")["profile"] == "paper").all()
