@@ -26,6 +26,11 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	@# one cv2: a venv from before the contrib pin also holds opencv-python-headless, whose uninstall
+	@# removes the cv2 files both share, so the contrib build is then put back in place
+	if $(BIN)/python -m pip show --quiet opencv-python-headless 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall --quiet -y opencv-python-headless && \
+	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps $$(grep '^opencv-contrib-python-headless==' requirements.lock); fi
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name merlib --display-name "Python (merlib)" >/dev/null

@@ -54,6 +54,7 @@ def run_parameters(args: argparse.Namespace) -> dict:
     if "profile" in a:  # preprocess takes only the options above
         params.update(profile=a["profile"], epochs=a["epochs"] or 0, weights=a["weights"] or "",
                       inputs=a["inputs"] or "", train_seed=a["train_seed"], model=a["model"],
+                      keep_checkpoints=a["keep_checkpoints"] or None,
                       overrides=dict(_setting(v) for v in a["set"] or []))
     if "blocks" in a:
         params["blocks"] = a["blocks"]
@@ -132,8 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     pooled = summary["pooled"]
     print(f"{prepared.spec.name} {summary['variant']} ({config.train.profile} profile, "
-          f"inputs {summary['inputs']}, "
-          f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
+          + (f"inputs {summary['inputs']}, " if "inputs" in summary else "")
+          + f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
           f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
           file=sys.stderr)
     return 0
@@ -200,6 +201,8 @@ def _train_args(s: argparse.ArgumentParser) -> None:
                    help="what the trainable part sees: the maps (paper's default) or the maps "
                         "minus the onset frame's (quick's default; docs/DECISIONS.md)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of the trainable weights and batches")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each fold's last checkpoint (off: predictions and fold.json are the record)")
     g.add_argument("--model", choices=NETS, default="mernet",
                    help="the paper's network, or a baseline trained under the same LOSO (Table 6)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -237,10 +237,11 @@ class TrainConfig:
     device: str = "auto"       # auto | cpu | cuda
     bf16: bool = True          # autocast on CUDA only
     shuffle_labels: bool = False  # sanity check: permute the training labels within each fold
-    checkpoints: bool = True   # write each fold's trainable weights (~100-170 MB per fold)
+    checkpoints: bool = False  # keep each fold's last trainable weights (~100-170 MB per fold)
     inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
     augment: AugmentConfig = AugmentConfig()
-    baseline_epochs: int = 0   # a baseline net's epochs; 0 = its reference's (merlib.baselines)
+    ststnet_epochs: int = 800       # the baselines' epochs; the references' by default
+    off_apexnet_epochs: int = 3000  # (merlib.baselines, docs/DECISIONS.md "Baselines")
 
     def __post_init__(self) -> None:
         _check("profile", self.profile, PROFILE_NAMES)
@@ -260,15 +261,20 @@ class TrainConfig:
 
 
 PROFILES = {
+    # Fold checkpoints are off: 124-186 MB each x 68 folds x 3 variants on MEGC; the predictions and
+    # fold.json are the record (--keep-checkpoints keeps each fold's last one).
     "paper": TrainConfig(profile="paper", epochs=100, views=16, weights="imagenet",
-                         model=ModelConfig(freeze_gia_convs=False)),
+                         checkpoints=False, model=ModelConfig(freeze_gia_convs=False)),
     # CPU budget: `make reproduce` runs 3 variants of LOSO on the demo SynthME in minutes, with
     # every convolution frozen. On such maps the static face swamps the micro-motion and the
     # model does not fit in that budget; onset-relative maps let it learn (docs/DECISIONS.md,
     # "What quick can show"). Not the paper's input: labelled so. Checkpoints are not kept: 30
     # folds of a demo run would take ~4 GB.
+    # The baseline nets' reference schedules take ~200 s (STSTNet) and ~50 min (OFF-ApexNet) per
+    # demo LOSO on 2 cores: quick trains them shorter, and labels their rows quick too.
     "quick": TrainConfig(profile="quick", epochs=5, views=1, weights="auto", checkpoints=False,
-                         inputs="onset_delta", model=ModelConfig(freeze_gia_convs=True)),
+                         inputs="onset_delta", model=ModelConfig(freeze_gia_convs=True),
+                         ststnet_epochs=100, off_apexnet_epochs=25),
 }
 
 

@@ -111,9 +111,11 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
     pred["dataset"] = prepared.spec.dataset
     summary = {
         "dataset": prepared.spec.dataset, "run": prepared.spec.name, "name": config.run_name(),
-        "profile": config.train.profile, "blocks": config.train.blocks,
+        "profile": config.train.profile,
+        **({"blocks": config.train.blocks} if config.train.net == "mernet" else {}),
         "variant": VARIANTS[config.train.blocks] if config.train.net == "mernet" else config.train.net,
-        "net": config.train.net, "inputs": config.train.inputs,
+        "net": config.train.net,
+        **({"inputs": config.train.inputs} if config.train.net == "mernet" else {}),
         "n_clips": int(len(pred)), "n_folds": int(pred["fold"].nunique()),
         "wall_time_s": round(time.time() - t0, 1),
         "pooled": metrics.compute_metrics(pred["y_true"], pred["y_pred"]),

@@ -20,7 +20,7 @@ from merlib import paper
 from merlib.config import CLASSES, VARIANT_ORDER, VARIANTS, atomic_write_text, git_commit, to_jsonable
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
-            "opencv-python-headless", "face-recognition", "dlib-bin", "papermill")
+            "opencv-contrib-python-headless", "face-recognition", "dlib-bin", "papermill")
 
 
 # --------------------------------------------------------------------------- provenance

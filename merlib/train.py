@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,16 @@ def load_clipset(manifest: pd.DataFrame, blocks: int) -> ClipSet:
         raise ValueError("the preprocessing manifest lists no usable clip")
     frames, centres, sides = [], [], []
     key = 24 if blocks == 0 else blocks  # blocks=0 ignores them; keep shapes regular
-    for path in ok["file"]:
-        with np.load(path) as z:
-            frames.append(z["frames"])
-            centres.append(z[f"ip{key}"].astype(np.float32))
-            sides.append(z[f"side{key}"].astype(np.float32))
+    for row in ok.itertuples():
+        try:
+            with np.load(row.file) as z:
+                frames.append(z["frames"])
+                centres.append(z[f"ip{key}"].astype(np.float32))
+                sides.append(z[f"side{key}"].astype(np.float32))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # before training
+            raise ValueError(f"{row.subject}/{row.clip}: its preprocessed clip {row.file} is missing "
+                             f"or corrupt ({type(exc).__name__}: {exc}); delete it and rerun "
+                             f"`merlib preprocess` (the cache redoes only that clip)") from exc
     labels = ok["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
     meta = ok[["dataset", "source", "subject", "clip"]].copy()
     return ClipSet(np.stack(frames), np.stack(centres), np.stack(sides), labels, meta)
@@ -338,12 +344,18 @@ def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.
         batch = make_batch(ctx.maps, ctx.clips, idx, views, device, inputs,
                            need_f28=ctx.need_f28, crops=ctx.crops)
         y = labels[idx].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = batch.forward(model)
-        loss = nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = batch.forward(model)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        except torch.OutOfMemoryError as exc:
+            raise torch.OutOfMemoryError(
+                f"out of memory on {device} at batch size {cfg.batch_size}: lower it, e.g. "
+                f"`merlib train ... --set train.batch_size={max(1, cfg.batch_size // 2)}` (a finished "
+                f"fold is kept; the run resumes at this one). {exc}") from exc
         total += loss.item() * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
@@ -473,7 +485,8 @@ def _baseline_probs(ctx: BaselineContext, cfg: TrainConfig, labels: np.ndarray,
     groups = ctx.meta["subject"].to_numpy()
     probs = baselines.fit_predict(ctx.name, ctx.X[train_idx], labels[train_idx], groups[train_idx],
                                   ctx.X[test_idx], seed=seed, device=ctx.device.type,
-                                  epochs=cfg.baseline_epochs or None)
+                                  epochs={"ststnet": cfg.ststnet_epochs,
+                                          "off-apexnet": cfg.off_apexnet_epochs}.get(ctx.name))
     return probs, {"net": ctx.name}
 
 

@@ -65,7 +65,8 @@ def test_every_direct_pin_is_in_the_lock_with_the_same_version():
 def test_torch_pins_are_the_known_good_pair():
     req = _requirements()
     assert (req["torch"], req["torchvision"]) == ("2.14.1", "0.29.1")
-    assert "opencv-python" not in req, "use opencv-python-headless"
+    # one OpenCV: the headless contrib build (TV-L1 flow for the baselines), never the GUI one
+    assert [n for n in req if n.startswith("opencv")] == ["opencv-contrib-python-headless"]
 
 
 def test_makefile_installs_the_locked_face_recognition_without_deps():

@@ -288,7 +288,7 @@ def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp
                          "subject": [f"s{i // 4}" for i in range(n)], "clip": [f"c{i}" for i in range(n)]})
     X = rng.normal(size=(n, *shape)).astype(np.float32) + labels.reshape(-1, *[1] * len(shape))
     ctx = BaselineContext(net, X, meta, labels, pd.DataFrame(), torch.device("cpu"), tmp_path)
-    cfg = RunConfig(train=dataclasses.replace(_train(), net=net, baseline_epochs=2))
+    cfg = RunConfig(train=dataclasses.replace(_train(), net=net, ststnet_epochs=2))
     pred = run_loso(ctx, cfg, tmp_path / "run", progress=False)
     assert sorted(pred["clip"]) == sorted(meta["clip"]) and pred["fold"].nunique() == 3
     assert (pred["net"] == net).all()
@@ -297,3 +297,23 @@ def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp
     assert saved["run"]["train"]["net"] == net and saved["weights_used"] == "none (baseline)"
     again = run_loso(ctx, cfg, tmp_path / "run", progress=False)  # finished: pooled, not redone
     pd.testing.assert_frame_equal(again, pred)
+
+
+def test_a_corrupt_preprocessed_clip_is_named_before_training(tmp_path):
+    from merlib.train import load_clipset
+    good = tmp_path / "good.npz"
+    np.savez(good, frames=np.zeros((2, 224, 224, 3), np.uint8), ip10=np.zeros((2, 10, 2)),
+             side10=np.ones((2, 10)))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(good.read_bytes()[:100])  # truncated
+    manifest = pd.DataFrame({"status": "ok", "file": [str(good), str(bad)], "label": "positive",
+                             "dataset": "synthme", "source": "casme2", "subject": ["s1", "s2"],
+                             "clip": ["c1", "c2"]})
+    with pytest.raises(ValueError, match=r"s2/c2: its preprocessed clip .*bad\.npz is missing or corrupt"):
+        load_clipset(manifest, 10)
+
+
+def test_profiles_keep_no_checkpoints_unless_asked():
+    from merlib.config import make_run_config
+    assert not make_run_config(profile="paper").train.checkpoints
+    assert make_run_config(profile="paper", keep_checkpoints=True).train.checkpoints
