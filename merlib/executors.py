@@ -84,7 +84,7 @@ def _fold_task(config_dict: dict, fold: int, run_dir: str, threads: int | None =
     try:
         if ctx is None:
             ctx = load_context(config, run_dir)
-            _check_weights(ctx.weights_tag, run_dir)
+            _check_weights(getattr(ctx, "weights_tag", None), run_dir)  # baselines: none
             if cache:
                 _CONTEXTS.clear()
                 _CONTEXTS[key] = ctx
@@ -111,9 +111,11 @@ def _task_slots() -> int:
         return 1
 
 
-def _check_weights(tag: str, run_dir: Path) -> None:
+def _check_weights(tag: str | None, run_dir: Path) -> None:
     """A worker whose VGG16 weights differ from the driver's (``weights=auto`` falling back to
     random where the ImageNet file is missing) would train another model: refuse."""
+    if tag is None:
+        return
     saved = json.loads((run_dir / "config.json").read_text()).get("weights_used")
     if saved and saved != tag:
         raise RuntimeError(f"this worker resolved the VGG16 weights to {tag!r} but the run was "
@@ -134,8 +136,8 @@ def read_plan(run_dir: Path) -> dict:
 
 
 def shared_paths(run_dir: Path, plan: dict) -> list[str]:
-    """What every worker must see: the run folder, the manifest, one clip file it lists and the
-    maps cache file."""
+    """What every worker must see: the run folder, the manifest, one clip file it lists, and
+    the maps cache file (the paper's model) or the features folder (a baseline)."""
     from merlib.preprocess.cache import load_manifest
 
     paths = [str(Path(run_dir).resolve()), plan["manifest"]]
@@ -143,8 +145,9 @@ def shared_paths(run_dir: Path, plan: dict) -> list[str]:
     ok = ok[ok["status"] == "ok"]
     if len(ok):
         paths.append(str(ok["file"].iloc[0]))
-    if plan.get("maps_file"):
-        paths.append(plan["maps_file"])
+    for key in ("maps_file", "features_dir"):
+        if plan.get(key):
+            paths.append(plan[key])
     return paths
 
 
