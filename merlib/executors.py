@@ -242,7 +242,7 @@ def _run_dask(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *, 
                                      pure=False, retries=2): fold for fold in todo}
             statuses, failed = [], {}
             bar = tqdm(total=len(todo), disable=not progress,
-                       desc=f"LOSO dask {config.train.profile} blocks={config.train.blocks}")
+                       desc=f"LOSO dask {config.run_name()}")
             try:
                 for fut in as_completed(list(futures), timeout=timeout_s):
                     if fut.status == "finished":
@@ -303,7 +303,7 @@ def _run_slurm(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *,
     statuses, failed = [], {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     bar = tqdm(total=n, disable=not progress,
-               desc=f"LOSO slurm {config.train.profile} blocks={config.train.blocks}")
+               desc=f"LOSO slurm {config.run_name()}")
     try:
         while pending:
             for job in list(pending):
