@@ -74,6 +74,7 @@ def executor_config(args: argparse.Namespace):
 
     a = vars(args)
     return ExecutorConfig(kind=a.get("executor", "local"), workers=a.get("workers", 0),
+                          threads=a.get("threads", 0),
                           scheduler=a.get("scheduler") or "",
                           slurm_partition=a.get("slurm_partition") or "",
                           slurm_gpus_per_task=a.get("slurm_gpus_per_task", 1),
@@ -213,6 +214,9 @@ def _train_args(s: argparse.ArgumentParser) -> None:
                    help="local: one after another here; dask: a LocalCluster (one worker per GPU, "
                         "or --workers CPU workers) or --scheduler; slurm: submitit array jobs")
     g.add_argument("--workers", type=int, default=0, help="dask LocalCluster workers (0: per GPU, else cores)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per fold (0: cores / workers); byte-identical results "
+                        "across executors need the same count")
     g.add_argument("--scheduler", help="dask: address of an existing scheduler (tcp://host:8786)")
     g.add_argument("--slurm-partition")
     g.add_argument("--slurm-gpus-per-task", type=int, default=1)

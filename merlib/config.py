@@ -285,6 +285,8 @@ class ExecutorConfig:
 
     kind: str = "local"              # local (sequential, this process) | dask | slurm
     workers: int = 0                 # dask LocalCluster: 0 = one per visible GPU, else all cores
+    threads: int = 0                 # torch CPU threads per fold (0: the cores / the workers); the
+                                     # last bits of CPU sums depend on it, not the predictions' sense
     scheduler: str = ""              # dask: address of an existing scheduler
     slurm_partition: str = ""
     slurm_gpus_per_task: int = 1

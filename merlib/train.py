@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 import zipfile
@@ -404,7 +403,9 @@ def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None =
     cfg = config.train
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        from merlib.executors import cpu_threads  # honours SLURM's and containers' CPU affinity
+
+        torch.set_num_threads(config.executor.threads or cpu_threads(1))
     _seed_all(cfg.seed)
     model, weights_tag = make_model(cfg.model, cfg.weights)
     model = model.to(device)
@@ -598,7 +599,10 @@ def run_loso(clips: ClipSet | BaselineContext, config: RunConfig, out_dir: str |
     else:  # folds as tasks on another engine; each worker builds its own context from the plan
         from merlib.executors import run_folds
 
-        run_folds(config, out_dir, todo, progress=progress)
+        del ctx  # the driver must not hold the model (and on a GPU, its memory) while workers run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        run_folds(config, out_dir, todo, progress=progress, threads=config.executor.threads or None)
     return _pool(dirs, out_dir)
 
 
