@@ -64,8 +64,7 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
 
         prepared = prepare(config, paths=paths)
         for k in VARIANT_ORDER:
-            variant = dataclasses.replace(config, executor=executor, train=dataclasses.replace(
-                config.train, model=dataclasses.replace(config.train.model, blocks=k)))
+            variant = dataclasses.replace(config.variant(k), executor=executor)
             print(f"[merlib reproduce] {config.data.name} blocks={k}: folds on {executor.kind}",
                   file=sys.stderr, flush=True)
             train(variant, prepared=prepared, paths=paths)

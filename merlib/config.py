@@ -310,6 +310,12 @@ class RunConfig:
     def to_dict(self) -> dict:
         return to_jsonable(self)
 
+    def variant(self, blocks: int) -> "RunConfig":
+        """The same run with another number of identification blocks (0, 24 or 10)."""
+        t = self.train
+        return dataclasses.replace(self, train=dataclasses.replace(
+            t, model=dataclasses.replace(t.model, blocks=blocks)))
+
     def identity(self) -> dict:
         """What makes two runs the same experiment: everything but the executor."""
         d = self.to_dict()

@@ -201,9 +201,7 @@ class Run:
 
     def variant(self, blocks: int) -> RunConfig:
         """The same run with another number of identification blocks."""
-        t = self.config.train
-        return dataclasses.replace(self.config, train=dataclasses.replace(
-            t, model=dataclasses.replace(t.model, blocks=blocks)))
+        return self.config.variant(blocks)
 
     def train(self, *, restart: bool = False) -> tuple[pd.DataFrame, dict]:
         """LOSO training of this run's variant (resuming finished folds); prints one line."""
