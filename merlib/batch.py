@@ -50,9 +50,7 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
     import papermill as pm
 
     paths = paths or Paths.from_env()
-    params = {**parameters, "seed": parameters.get("train_seed")}
-    params.pop("train_seed", None)
-    config = make_run_config(**params)  # refuses bad options before any notebook starts
+    config = make_run_config(**parameters)  # refuses bad options before any notebook starts
     out_dir = paths.runs_for(config.data.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not only or nb.name[:2] in only]

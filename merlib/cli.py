@@ -87,9 +87,7 @@ def _config(args: argparse.Namespace):
     from merlib.config import make_run_config
 
     try:
-        params = run_parameters(args)
-        params["seed"] = params.pop("train_seed", None)
-        return make_run_config(**params, executor=executor_config(args))
+        return make_run_config(**run_parameters(args), executor=executor_config(args))
     except ValueError as exc:
         print(f"merlib {args.command}: {exc}", file=sys.stderr)
         return None

@@ -381,7 +381,7 @@ def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
                     synth_preset: str = "tiny", synth_layout: str = "casme2", synth_seed: int = 0,
                     apex: str = "annotated", scheme: str = "fr72", profile: str = "quick",
                     blocks: int = 10, epochs: int | None = None, weights: str | None = None,
-                    inputs: str | None = None, seed: int | None = None,
+                    inputs: str | None = None, train_seed: int | None = None,
                     shuffle_labels: bool = False, device: str | None = None,
                     keep_checkpoints: bool | None = None, model: str = "mernet",
                     executor: ExecutorConfig | None = None,
@@ -396,7 +396,7 @@ def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
     base = PROFILES[profile]
     extra = dict(overrides or {})
     overrides = {k: v for k, v in {"epochs": epochs or None, "weights": weights or None,
-                                   "inputs": inputs or None, "seed": seed,
+                                   "inputs": inputs or None, "seed": train_seed,
                                    "device": device or None,
                                    "checkpoints": keep_checkpoints}.items() if v is not None}
     train = dataclasses.replace(base, model=dataclasses.replace(base.model, blocks=blocks),
@@ -424,6 +424,12 @@ def with_overrides(config: RunConfig, overrides: dict[str, object]) -> RunConfig
                 value = json.loads(value)
             except ValueError:
                 pass
+        before = node[leaf]
+        numeric = isinstance(before, (int, float)) and not isinstance(before, bool)
+        if (numeric and (isinstance(value, bool) or not isinstance(value, (int, float)))) or (
+                isinstance(before, (bool, str)) and type(value) is not type(before)):
+            raise ValueError(f"setting {key!r} takes a {type(before).__name__} like {before!r}, "
+                             f"got {value!r}")
         node[leaf] = value
     return RunConfig.from_dict(d)
 

@@ -82,7 +82,7 @@ def train_command(config: RunConfig) -> str:
     flags = make_run_config(
         dataset=d.dataset, data_root=d.root, synth_preset=d.preset, synth_layout=d.layout,
         synth_seed=d.seed, apex=p.apex, scheme=p.scheme, profile=t.profile, blocks=t.blocks,
-        epochs=t.epochs, weights=t.weights, inputs=t.inputs, seed=t.seed, model=t.net)
+        epochs=t.epochs, weights=t.weights, inputs=t.inputs, train_seed=t.seed, model=t.net)
     for key, value in flat_diff(config.identity(), flags.identity()):  # the rest: --set
         parts.append(f"--set {key.removeprefix('run.')}={json.dumps(value)}")
     return " ".join(parts)
@@ -265,4 +265,4 @@ def open_run(*, dataset: str = "synthme", data_root: str = "", profile: str = "q
                                synth_preset=synth_preset, synth_seed=synth_seed,
                                synth_layout=synth_layout, blocks=blocks, epochs=epochs or None,
                                weights=weights or None, inputs=inputs or None, apex=apex,
-                               scheme=scheme, seed=train_seed, model=model, overrides=overrides))
+                               scheme=scheme, train_seed=train_seed, model=model, overrides=overrides))

@@ -1,9 +1,8 @@
 import cv2
 import numpy as np
+import pytest
 
 from merlib.faces import photograph
-import pytest
-import skimage.data
 
 from merlib.preprocess import align
 from merlib.preprocess.align import (alignment_forward, alignment_map, apply_alignment, fit_lwm,

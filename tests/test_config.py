@@ -25,7 +25,7 @@ def test_the_cli_and_a_notebook_build_the_same_config():
 
 def test_train_command_rebuilds_the_config_it_was_made_from():
     config = make_run_config(synth_preset="demo", synth_layout="samm", blocks=0, epochs=2,
-                             inputs="frames", seed=3, overrides={"train.lr": 0.001,
+                             inputs="frames", train_seed=3, overrides={"train.lr": 0.001,
                                                                  "train.shuffle_labels": True})
     command = train_command(config)
     assert command.startswith("merlib train ")
@@ -75,3 +75,10 @@ def test_config_changes_name_each_changed_setting():
 def test_real_datasets_need_a_root():
     with pytest.raises(ValueError, match="data root"):
         make_run_config(dataset="casme2")
+
+
+def test_an_override_of_the_wrong_type_is_refused_by_name():
+    with pytest.raises(ValueError, match="setting 'train.lr' takes a float"):
+        with_overrides(make_run_config(), {"train.lr": "x"})
+    with pytest.raises(ValueError, match="setting 'train.shuffle_labels' takes a bool"):
+        with_overrides(make_run_config(), {"train.shuffle_labels": "1"})
