@@ -1,7 +1,8 @@
 """Does training learn, and only from the training subjects? (issue: sanity of LOSO training)
 
     .venv/bin/python bench/sanity.py [--preset demo] [--blocks 10] [--seeds 3]
-                                     [--epochs N] [--lr X] [--inputs frames|onset_delta]
+                                     [--epochs N] [--lr X] [--gia-fc-lr X]
+                                     [--inputs frames|onset_delta|channel_norm]
                                      [--json FILE] [--no-table]
 
 Trains one variant with LOSO on SynthME ``--seeds`` times with the true labels and as many times
@@ -28,7 +29,7 @@ import pandas as pd
 
 import dataclasses
 
-from merlib.config import CLASSES, Paths, make_run_config
+from merlib.config import CLASSES, INPUTS, Paths, make_run_config
 from merlib.experiment import Run, prepare, train
 from merlib.report import write_table
 from merlib.synth.calibration import chance_uf1
@@ -46,7 +47,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="runs per label kind (seeds 0..N-1)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--inputs", choices=["frames", "onset_delta"])
+    ap.add_argument("--inputs", choices=INPUTS)
+    ap.add_argument("--gia-fc-lr", type=float, help="learning rate of GIA's tau_g FC alone")
     ap.add_argument("--weights", help="VGG16 weights (default: the profile's)")
     ap.add_argument("--labels", choices=["both", "true", "shuffled"], default="both",
                     help="which label kinds to run (a screen of settings may skip the control)")
@@ -54,7 +56,7 @@ def main() -> None:
     ap.add_argument("--no-table", action="store_true", help="do not write tables/<run>/sanity.*")
     args = ap.parse_args()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs),
-                                   ("weights", args.weights)) if v is not None}
+                                   ("weights", args.weights), ("gia_fc_lr", args.gia_fc_lr)) if v is not None}
     base = make_run_config(synth_preset=args.preset, profile=args.profile, blocks=args.blocks)
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides))
     prepared = prepare(base, progress=False)

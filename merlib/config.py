@@ -31,7 +31,7 @@ VARIANT_ORDER = tuple(VARIANTS)
 # the 72 points (default), the same on dlib's 68-point numbering, and gACNN's own converter.
 SCHEMES = ("fr72", "dlib68", "gacnn24")
 APEX_SOURCES = ("annotated", "detected")
-INPUTS = ("frames", "onset_delta")
+INPUTS = ("frames", "onset_delta", "channel_norm")
 PROFILE_NAMES = ("quick", "paper")
 # The paper's network, and the baselines trained under the same protocol (Table 6, measured).
 NETS = ("mernet", "lbptop-svm", "ststnet", "off-apexnet")
@@ -239,6 +239,8 @@ class TrainConfig:
     shuffle_labels: bool = False  # sanity check: permute the training labels within each fold
     checkpoints: bool = False  # keep each fold's last trainable weights (~100-170 MB per fold)
     inputs: str = "frames"     # frames (the paper) | onset_delta (maps minus the onset's, quick)
+    #                            | channel_norm (maps standardised per channel; a tested candidate)
+    gia_fc_lr: float = 0.0     # learning rate of GIA's 51 M-parameter τ_g FC; 0: the same as lr
     augment: AugmentConfig = AugmentConfig()
     ststnet_epochs: int = 800       # the baselines' epochs; the references' by default
     off_apexnet_epochs: int = 3000  # (merlib.baselines, docs/DECISIONS.md "Baselines")

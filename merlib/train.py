@@ -195,28 +195,81 @@ class MapInputs:
     ``frames`` (the paper): the maps as they are. ``onset_delta``: each frame's maps minus the
     onset frame's maps of the same clip and view, divided by the standard deviation of those
     differences over the training clips (one scalar per map level), so the micro-motion is not
-    swamped by the face's static appearance (docs/DECISIONS.md, "What quick can show").
+    swamped by the face's static appearance. ``channel_norm``: the paper's maps standardised per
+    channel by the training clips' mean and standard deviation (a candidate of issue 11; see
+    docs/DECISIONS.md, "What quick can show").
     """
 
     inputs: str = "frames"
     scale28: float = 1.0
     scale14: float = 1.0
+    mean28: tuple[float, ...] = ()     # channel_norm: per channel, training clips only
+    inv_std28: tuple[float, ...] = ()
+    mean14: tuple[float, ...] = ()
+    inv_std14: tuple[float, ...] = ()
 
     @classmethod
     def fit(cls, moments: np.ndarray | None, train_idx: np.ndarray, inputs: str) -> "MapInputs":
-        """``moments``: :func:`delta_moments` of every clip; only ``train_idx`` rows are used."""
+        """``moments``: :func:`input_moments` of every clip; only ``train_idx`` rows are used."""
         if inputs == "frames":
             return cls("frames")
-        n, total, squares = moments[train_idx].sum(0)  # (3, 2): count, sum, sum of squares
-        std = np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0))
-        scale = np.where(std > 0, 1.0 / np.maximum(std, 1e-12), 1.0)
-        return cls(inputs, float(scale[0]), float(scale[1]))
+        n, total, squares = moments[train_idx].sum(0)  # each (2, C): count, sum, sum of squares
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+        inv = np.where(std > 0, 1.0 / np.maximum(std, 1e-12), 1.0)
+        if inputs == "onset_delta":
+            return cls(inputs, float(inv[0, 0]), float(inv[1, 0]))
+        as_tuple = lambda a: tuple(float(v) for v in a)  # noqa: E731
+        return cls(inputs, mean28=as_tuple(mean[0]), inv_std28=as_tuple(inv[0]),
+                   mean14=as_tuple(mean[1]), inv_std14=as_tuple(inv[1]))
+
+    def _channel(self, level: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, inv = (self.mean28, self.inv_std28) if level == 28 else (self.mean14, self.inv_std14)
+        as_t = lambda v: torch.tensor(v, dtype=like.dtype, device=like.device).view(-1, 1, 1)  # noqa: E731
+        return as_t(mean), as_t(inv)  # (C, 1, 1)
 
     def transform(self, f: torch.Tensor | None, level: int) -> torch.Tensor | None:
         """(B, T, C, H, W) float maps -> what the model sees; ``level`` 28 or 14."""
         if f is None or self.inputs == "frames":
             return f
+        if self.inputs == "channel_norm":
+            mean, inv = self._channel(level, f)
+            return (f - mean) * inv
         return (f - f[:, :1]) * (self.scale28 if level == 28 else self.scale14)
+
+    def transform_crops(self, crops: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Windows cut by :func:`precompute_crops` (B, T, K, C, 6, 6) -> windows of the
+        transformed maps. ``weight`` (B, T, K, 1, 6, 6): the cut of a map of ones, i.e. how much
+        of each bilinear sample lies on the map; ``channel_norm`` needs it because the cut of a
+        constant is that constant times the weight (exact at the map's edges too)."""
+        if self.inputs == "frames":
+            return crops
+        if self.inputs == "channel_norm":
+            mean, inv = self._channel(28, crops)
+            return (crops - mean * weight) * inv
+        return crops * self.scale28  # cutting is linear: the cut of scaled maps
+
+
+def input_moments(maps: Maps, inputs: str) -> np.ndarray | None:
+    """Per clip, the sums a fold fits :class:`MapInputs` from: (N, 3, 2, C) float64 with count,
+    sum and sum of squares at the 28×28 and 14×14 levels; C = 1 for ``onset_delta`` (frame −
+    onset frame, all cells and channels) and 512 for ``channel_norm`` (the maps per channel).
+    Summed over a fold's training clips they give its statistics without the test subject."""
+    if inputs == "frames":
+        return None
+    if inputs == "onset_delta":
+        return delta_moments(maps)[..., None]
+    levels = [maps.f28, maps.f14]
+    out = np.zeros((maps.f28.shape[0], 3, 2, maps.f28.shape[3]))
+    for i in range(maps.f28.shape[0]):
+        for j, f in enumerate(levels):
+            if f is None:
+                out[i, 0, j] = 1.0
+                continue
+            d = f[i].double().transpose(0, 2).flatten(1)  # (C, V·T·H·W)
+            out[i, :, j] = torch.stack([torch.full((d.shape[0],), float(d.shape[1]), dtype=d.dtype),
+                                        d.sum(1), d.square().sum(1)]).numpy()
+    return out
 
 
 def delta_moments(maps: Maps) -> np.ndarray:
@@ -236,24 +289,36 @@ def delta_moments(maps: Maps) -> np.ndarray:
     return out
 
 
+@dataclass
+class Windows:
+    """BIA windows of view 0 of every clip, cut once (:func:`precompute_crops`)."""
+
+    crops: torch.Tensor            # (N, T, K, 512, 6, 6) float32
+    weight: torch.Tensor | None    # (N, T, K, 1, 6, 6): the cut of a map of ones (channel_norm)
+
+
 @torch.no_grad()
 def precompute_crops(model: MERNet, maps: Maps, clips: ClipSet, inputs: str,
-                     *, chunk: int = 8) -> torch.Tensor:
-    """The BIA windows of view 0 of every clip, cut once: (N, T, K, 512, 6, 6) float32.
+                     *, chunk: int = 8) -> Windows:
+    """The BIA windows of view 0 of every clip, cut once.
 
     Valid when the windows never move (one unaugmented view) and nothing before BIA trains. For
-    ``onset_delta`` they are cut from the *unscaled* difference maps; the fold's scale is applied
-    at each step (cutting is linear, so this equals cutting the scaled maps)."""
-    out = []
-    unscaled = MapInputs(inputs)
+    ``onset_delta`` they are cut from the *unscaled* difference maps, for ``channel_norm`` from
+    the maps themselves; the fold's statistics are applied at each step
+    (:meth:`MapInputs.transform_crops`; cutting is linear)."""
+    out, weights = [], []
+    unscaled = MapInputs("onset_delta" if inputs == "onset_delta" else "frames")
     for start in range(0, len(clips), chunk):
         idx = np.arange(start, min(start + chunk, len(clips)))
         f28 = unscaled.transform(maps.f28[idx, 0].float(), 28)              # (b, T, 512, 28, 28)
-        c = torch.as_tensor(clips.centres[idx])                              # (b, T, K, 2)
-        s = torch.as_tensor(clips.sides[idx])                                # (b, T, K)
-        crops = model.bia.crop(f28.flatten(0, 1), c.flatten(0, 1), s.flatten(0, 1))
+        c = torch.as_tensor(clips.centres[idx]).flatten(0, 1)                # (b·T, K, 2)
+        s = torch.as_tensor(clips.sides[idx]).flatten(0, 1)                  # (b·T, K)
+        crops = model.bia.crop(f28.flatten(0, 1), c, s)
         out.append(crops.unflatten(0, (len(idx), f28.shape[1])))            # (b, T, K, 512, 6, 6)
-    return torch.cat(out)
+        if inputs == "channel_norm":
+            ones = f28.new_ones((c.shape[0], 1, *f28.shape[-2:]))
+            weights.append(model.bia.crop(ones, c, s).unflatten(0, (len(idx), f28.shape[1])))
+    return Windows(torch.cat(out), torch.cat(weights) if weights else None)
 
 
 @dataclass
@@ -274,7 +339,7 @@ class Batch:
 
 def make_batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray,
                device: torch.device, inputs: MapInputs = MapInputs(), *, need_f28: bool = True,
-               crops: torch.Tensor | None = None) -> Batch:
+               crops: Windows | None = None) -> Batch:
     """Maps of the drawn views, and the clips' IPs carried through the same views' affines.
     ``need_f28=False`` (no blocks or precomputed crops, GIA convs frozen) skips the 28×28 maps."""
     f28 = maps.f28[idx, views].to(device, torch.float32) if need_f28 or maps.f14 is None else None
@@ -283,15 +348,26 @@ def make_batch(maps: Maps, clips: ClipSet, idx: np.ndarray, views: np.ndarray,
     affines = maps.affines[idx, views].numpy()                                # (B, 2, 3)
     centres = np.stack([warp_points(clips.centres[i], a) for i, a in zip(idx, affines)])
     sides = np.stack([warp_sides(clips.sides[i], a) for i, a in zip(idx, affines)])
+    cut = None
     if crops is not None:
-        crops = crops[idx].to(device) * (inputs.scale28 if inputs.inputs != "frames" else 1.0)
+        weight = None if crops.weight is None else crops.weight[idx].to(device)
+        cut = inputs.transform_crops(crops.crops[idx].to(device), weight)
     return Batch(f28, f14, torch.as_tensor(centres, dtype=torch.float32, device=device),
-                 torch.as_tensor(sides, dtype=torch.float32, device=device), crops)
+                 torch.as_tensor(sides, dtype=torch.float32, device=device), cut)
 
 
 # --------------------------------------------------------------------------- the loop
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[nn.Parameter] | list[dict]:
+    """The trainable parameters; with ``gia_fc_lr`` GIA's τ_g FC in a group of its own."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not cfg.gia_fc_lr:
+        return [p for _, p in named]
+    return [{"params": [p for n, p in named if not n.startswith("gia.tau.")]},
+            {"params": [p for n, p in named if n.startswith("gia.tau.")], "lr": cfg.gia_fc_lr}]
+
+
+def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) -> torch.optim.Adam:
     """Adam on CE + λ·Σ‖w‖²: the L2 term's gradient 2λw is Adam's (coupled) ``weight_decay`` =
     2λ, applied inside the fused kernel instead of summing ~60 M squares in the graph."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=2 * cfg.l2, fused=True)
@@ -309,7 +385,7 @@ class FoldContext:
     device: torch.device
     weights_tag: str
     moments: np.ndarray | None = None
-    crops: torch.Tensor | None = None
+    crops: Windows | None = None
     maps_file: Path | None = None
 
     @property
@@ -414,7 +490,7 @@ def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None =
     if maps_file is None and maps_dir is not None:
         maps_file = Path(maps_dir) / f"maps-{maps_key(prep_key, clips, cfg, weights_tag)}.pt"
     maps = load_or_compute_maps(model, clips, cfg, device, maps_file, progress=progress)
-    moments = delta_moments(maps) if cfg.inputs != "frames" else None
+    moments = input_moments(maps, cfg.inputs)
     crops = None
     if model.bia is not None and cfg.views == 1 and maps.f14 is not None:
         crops = precompute_crops(model, maps, clips, cfg.inputs)
@@ -497,7 +573,7 @@ def _mernet_probs(ctx: FoldContext, cfg: TrainConfig, labels: np.ndarray, train_
     ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
     inputs = MapInputs.fit(ctx.moments, train_idx, cfg.inputs)  # training subjects only
     fold_cfg = dataclasses.replace(cfg, seed=seed)
-    opt = make_optimizer([p for p in ctx.model.parameters() if p.requires_grad], fold_cfg)
+    opt = make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(labels)
     losses = [train_one_epoch(ctx, opt, y, train_idx, fold_cfg, inputs, rng)

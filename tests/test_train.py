@@ -180,17 +180,24 @@ def test_precomputed_windows_equal_cutting_the_maps_every_step(tmp_path):
     """quick cuts the BIA windows once; the logits must equal cutting the (scaled) maps."""
     from merlib.train import MapInputs, build_context, make_batch
     c24 = _clips(24)
+    c24.centres[0, :, :3] = [[2.0, 3.0], [221.0, 5.0], [110.0, 223.0]]  # windows off the map's edge
     cfg = _cfg(blocks=24)
     ctx = build_context(c24, cfg, progress=False)
     assert ctx.crops is not None and not ctx.need_f28
-    inputs = MapInputs("onset_delta", scale28=3.0, scale14=2.0)
     idx, views = np.array([0, 3]), np.zeros(2, dtype=np.int64)
-    fast = make_batch(ctx.maps, c24, idx, views, ctx.device, inputs, need_f28=False, crops=ctx.crops)
-    slow = make_batch(ctx.maps, c24, idx, views, ctx.device, inputs, need_f28=True)
     ctx.model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fast.forward(ctx.model), slow.forward(ctx.model),
-                                   rtol=1e-4, atol=1e-5)
+    for inputs in (MapInputs("onset_delta", scale28=3.0, scale14=2.0),
+                   MapInputs("channel_norm", mean28=tuple(np.linspace(-1, 2, 512)),
+                             inv_std28=tuple(np.linspace(0.5, 3, 512)),
+                             mean14=(0.3,) * 512, inv_std14=(2.0,) * 512)):
+        ctx_in = build_context(c24, _cfg(blocks=24, inputs=inputs.inputs), progress=False)
+        fast = make_batch(ctx_in.maps, c24, idx, views, ctx.device, inputs, need_f28=False,
+                          crops=ctx_in.crops)
+        slow = make_batch(ctx_in.maps, c24, idx, views, ctx.device, inputs, need_f28=True)
+        ctx_in.model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(fast.forward(ctx_in.model), slow.forward(ctx_in.model),
+                                       rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- onset-delta inputs
@@ -204,10 +211,10 @@ def _maps(seed=0, n=4, v=2, t=3):
 
 
 def test_onset_delta_scale_is_one_over_the_training_clips_delta_std():
-    from merlib.train import MapInputs, delta_moments
+    from merlib.train import MapInputs, input_moments
     maps = _maps()
     train = np.array([0, 2, 3])
-    fit = MapInputs.fit(delta_moments(maps), train, "onset_delta")
+    fit = MapInputs.fit(input_moments(maps, "onset_delta"), train, "onset_delta")
     for f, scale in ((maps.f28, fit.scale28), (maps.f14, fit.scale14)):
         d = f[train].double()
         d = (d[:, :, 1:] - d[:, :, :1]).numpy()
@@ -215,13 +222,28 @@ def test_onset_delta_scale_is_one_over_the_training_clips_delta_std():
 
 
 def test_onset_delta_fit_ignores_the_held_out_clips():
-    from merlib.train import MapInputs, delta_moments
+    from merlib.train import MapInputs, input_moments
     a, b = _maps(0), _maps(0)
     b.f28[1] = b.f28[1] * 7  # only the held-out clip differs
     b.f14[1] = 0
     train = np.array([0, 2, 3])
-    assert MapInputs.fit(delta_moments(a), train, "onset_delta") == \
-        MapInputs.fit(delta_moments(b), train, "onset_delta")
+    for inputs in ("onset_delta", "channel_norm"):
+        assert MapInputs.fit(input_moments(a, inputs), train, inputs) == \
+            MapInputs.fit(input_moments(b, inputs), train, inputs)
+
+
+def test_channel_norm_standardises_each_channel_over_the_training_clips():
+    from merlib.train import MapInputs, input_moments
+    maps = _maps(3)
+    train = np.array([0, 1, 3])
+    fit = MapInputs.fit(input_moments(maps, "channel_norm"), train, "channel_norm")
+    for f, level in ((maps.f28, 28), (maps.f14, 14)):
+        out = fit.transform(f[train].float().flatten(0, 1), level)  # (n·V, T, C, H, W) as (B, T, ...)
+        per_channel = out.transpose(0, 2).flatten(1).double()     # (C, everything else)
+        torch.testing.assert_close(per_channel.mean(1), torch.zeros(2, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(per_channel.std(1, unbiased=False),
+                                   torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
 def test_onset_delta_transform_subtracts_the_onset_of_the_same_clip_and_view():
