@@ -1,31 +1,53 @@
-"""Training cost of the `paper` profile: analytic FLOPs, measured throughput, projected Table 5 time.
+"""Training cost of the streaming `paper` profile: throughput, memory, disk, projected Table 5 time.
 
-    .venv/bin/python bench/train.py [--steps 3] [--batch 2]
+    .venv/bin/python bench/train.py [--clips 64] [--batch 16] [--epochs 2] [--workers 4]
+                                    [--device cuda|cpu]
 
-Prints, per variant (0 / 24 / 10 IBs):
-- the analytic FLOPs per clip of one training step (forward + backward; frozen parts counted
-  with no weight gradient, see merlib.flops.analytic_flops), split into the once-per-view transfer
-  layer and the per-step trainable part;
-- measured clips/s of a training step from cached transfer maps (what `paper` runs every step),
-  and the achieved TFLOP/s;
-- the projected wall time of the full Table 5 (3 variants x 4 datasets, LOSO, 100 epochs),
-  using the clip and subject counts of the official MEGC2019 list shipped with merlib.
-On CUDA it also measures the bf16 matmul peak in the same run and reports the ratio.
+Times the real training path of `paper` (merlib.train.train_one_epoch_stream): clips read from
+.npz cache files through the DataLoader, a fresh rotation + crop per clip on the device, the
+frozen transfer layer without autograd, GIA's convolutions + BIA + Bi-LSTM trained with fused
+Adam, bf16 autocast and channels_last on CUDA. The clips are random frames of the cache's shape
+(T=10, 224x224): speed does not depend on the pixels. The first epoch is a warm-up.
+
+Prints, per variant (Without / 24 / 10 IBs):
+- analytic GFLOP per clip and step (merlib.flops: transfer forward, trainable forward + backward);
+- measured training clips/s and the achieved TFLOP/s;
+- on CUDA: the ratio to the bf16 dense matmul peak measured in the same run (an 8192^3 matmul),
+  with the datasheet's dense bf16 figure printed beside it;
+- peak GPU memory, peak host RSS and the disk one fold writes (one 1-epoch fold, run for real);
+- the projected wall time of its column of Table 5: LOSO on CASME II, SAMM, SMIC and the
+  MEGC2019 composite at the profile's epochs, from the official MEGC2019 list's clip and subject
+  counts (each LOSO run trains n·(s−1) clip-epochs per epoch; evaluation counted too).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import resource
+import tempfile
 import time
 from importlib import resources
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from merlib.config import PROFILES
+from merlib.config import PROFILES, RunConfig
 from merlib.flops import analytic_flops
-from merlib.model import MERNet, ModelConfig
-from merlib.train import make_optimizer
-from merlib.weights import vgg16_features
+from merlib.train import (ClipSet, build_context, clip_loader, evaluate_stream, make_optimizer,
+                          param_groups, run_fold, train_one_epoch_stream)
+
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s.
+DATASHEET_BF16 = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.5, "H100": 989.4,
+                  "A100": 312.0, "L40S": 362.1}
+
+
+def datasheet_peak(name: str) -> tuple[str, float] | None:
+    for key, tflops in DATASHEET_BF16.items():  # the first key contained in the name
+        if key in name:
+            return key, tflops
+    return None
 
 
 def dataset_sizes() -> dict[str, tuple[int, int]]:
@@ -55,91 +77,114 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_throughput(blocks: int, *, batch: int, steps: int, device: torch.device, T: int = 10) -> dict:
-    """Clips/s of `paper` training steps (GIA convolutions + heads trained) from transfer maps,
-    and of the once-per-view transfer layer."""
-    cfg = ModelConfig(blocks=blocks, freeze_transfer=True, freeze_gia_convs=False)
-    model = MERNet(config=cfg, vgg_features=vgg16_features("random")[0]).to(device)
-    bf16 = device.type == "cuda"
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
+def fake_cache(root: Path, n: int, T: int = 10, subjects: int = 4) -> ClipSet:
+    """``n`` clips of random frames written as cache .npz files, read back streaming."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        files.append(root / f"clip{i:04d}.npz")
+        np.savez(files[-1], frames=rng.integers(0, 255, (T, 224, 224, 3), dtype=np.uint8))
+    meta = pd.DataFrame({"dataset": "bench", "source": "bench",
+                         "subject": [f"s{i % subjects}" for i in range(n)],
+                         "clip": [f"clip{i:04d}" for i in range(n)]})
+    return ClipSet(None, rng.uniform(40, 180, (n, T, 24, 2)).astype(np.float32),
+                   np.full((n, T, 24), 48.0, np.float32), rng.integers(0, 3, n), meta,
+                   tuple(map(str, files)))
+
+
+def measure(blocks: int, clips: ClipSet, args: argparse.Namespace, device: torch.device,
+            workdir: Path) -> dict:
+    paper = PROFILES["paper"]
+    train = dataclasses.replace(paper, model=dataclasses.replace(paper.model, blocks=blocks),
+                                weights="random", device=device.type, batch_size=args.batch,
+                                loader_workers=args.workers, epochs=1)
+    config = RunConfig(train=train)
     k = max(blocks, 1)
-    f28 = torch.randn(batch, T, 512, 28, 28, device=device)
-    centres = torch.rand(batch, T, k, 2, device=device) * 180 + 20
-    sides = torch.full((batch, T, k), 48.0, device=device)
-    y = torch.randint(0, 3, (batch,), device=device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, PROFILES["paper"])  # fused Adam, L2 as coupled weight decay
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model.forward_from_maps(f28, None, centres if blocks else None,
-                                             sides if blocks else None)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    train_cps = batch * steps / (time.perf_counter() - t0)
-
-    frames = torch.rand(batch, T, 3, 224, 224, device=device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        model.transfer(frames)
+    sub = dataclasses.replace(clips, centres=clips.centres[:, :, :k], sides=clips.sides[:, :, :k])
+    ctx = build_context(sub, config)
+    idx = np.arange(len(sub))
+    opt = make_optimizer(param_groups(ctx.model, train), train)
+    loader = clip_loader(sub, idx, train, device, np.random.default_rng(0))
+    gen = torch.Generator(device=device).manual_seed(0)
+    y = torch.as_tensor(sub.labels)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.epochs):  # the first is the warm-up
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(steps):
-            model.transfer(frames)
+        train_one_epoch_stream(ctx, opt, y, loader, train, gen)
         _sync(device)
-    transfer_cps = batch * steps / (time.perf_counter() - t0)
-    return {"train_clips_per_s": train_cps, "transfer_clips_per_s": transfer_cps}
+        times.append(time.perf_counter() - t0)
+    del loader
+    train_cps = len(idx) / np.mean(times[1:] if len(times) > 1 else times)
+    _sync(device)
+    t0 = time.perf_counter()
+    evaluate_stream(ctx, idx, train)
+    _sync(device)
+    eval_cps = len(idx) / (time.perf_counter() - t0)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    out = workdir / f"fold-blocks{blocks}"
+    run_fold(config, 0, out, context=ctx)  # one real 1-epoch fold: what it writes to disk
+    disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"train_cps": train_cps, "eval_cps": eval_cps, "gpu_peak_gib": gpu_peak,
+            "disk_kib": disk / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=2, help="clips per step (the paper uses 16)")
+    ap.add_argument("--clips", type=int, default=64, help="clips per timed epoch")
+    ap.add_argument("--batch", type=int, default=PROFILES["paper"].batch_size)
+    ap.add_argument("--epochs", type=int, default=2, help="timed passes; the first is a warm-up")
+    ap.add_argument("--workers", type=int, default=PROFILES["paper"].loader_workers)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variants", default="0,24,10")
     args = ap.parse_args()
     device = torch.device(args.device)
     paper = PROFILES["paper"]
-    print(f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})"
-          f", batch {args.batch}, {args.steps} timed steps, paper profile: {paper.epochs} epochs, "
-          f"{paper.views} views per clip")
-    peak = matmul_peak(device) if device.type == "cuda" else None
-    if peak:
-        print(f"bf16 matmul peak measured: {peak / 1e12:.1f} TFLOP/s")
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); streaming paper path, {args.clips} clips x {args.epochs} "
+          f"epochs (first = warm-up), batch {args.batch}, {args.workers} loader workers; "
+          f"torch {torch.__version__}", flush=True)
+    peak = sheet = None
+    if device.type == "cuda":
+        peak = matmul_peak(device)
+        sheet = datasheet_peak(name)
+        print(f"bf16 dense matmul peak measured here: {peak / 1e12:.1f} TFLOP/s; datasheet: "
+              + (f"{sheet[1]:.1f} TFLOP/s ({sheet[0]})" if sheet else "unknown for this device"))
+    else:
+        print("no GPU: CPU figures only; no GPU figure is measured or claimed by this run")
     sizes = dataset_sizes()
     rows = []
-    for blocks in (0, 24, 10):
-        fl = analytic_flops(ModelConfig(blocks=blocks, freeze_transfer=True, freeze_gia_convs=False))
-        transfer = fl["parts"]["transfer"]["forward"]
-        per_step = fl["total"] - transfer  # trainable part: forward + backward, per clip
-        t = step_throughput(blocks, batch=args.batch, steps=args.steps, device=device)
-        achieved = per_step * t["train_clips_per_s"]
-        # Table 5 for this variant: every LOSO fold trains on the other subjects' clips
-        clip_epochs = sum(paper.epochs * n * (s - 1) for n, s in sizes.values())
-        view_maps = sum(paper.views * n for n, _ in sizes.values())
-        seconds = clip_epochs / t["train_clips_per_s"] + view_maps / t["transfer_clips_per_s"]
-        rows.append({
-            "variant": {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}[blocks],
-            "GFLOP/clip fwd": fl["forward"] / 1e9, "GFLOP/clip bwd": fl["backward"] / 1e9,
-            "GFLOP/clip per step": per_step / 1e9,
-            "train clips/s": t["train_clips_per_s"], "transfer clips/s": t["transfer_clips_per_s"],
-            "achieved TFLOP/s": achieved / 1e12,
-            **({"% of bf16 peak": 100 * achieved / peak} if peak else {}),
-            "Table 5 column (4 datasets), hours": seconds / 3600,
-        })
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = fake_cache(Path(tmp), args.clips)
+        for blocks in map(int, args.variants.split(",")):
+            fl = analytic_flops(dataclasses.replace(paper.model, blocks=blocks))
+            per_clip = fl["total"]  # transfer forward + trainable forward and backward
+            m = measure(blocks, clips, args, device, Path(tmp))
+            achieved = per_clip * m["train_cps"]
+            clip_epochs = sum(paper.epochs * n * (s - 1) for n, s in sizes.values())
+            evals = sum(n for n, _ in sizes.values())
+            hours = (clip_epochs / m["train_cps"] + evals / m["eval_cps"]) / 3600
+            rows.append({
+                "variant": {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}[blocks],
+                "GFLOP/clip step": per_clip / 1e9,
+                "train clips/s": m["train_cps"], "achieved TFLOP/s": achieved / 1e12,
+                **({"% of measured bf16 peak": 100 * achieved / peak} if peak else {}),
+                **({"peak GPU GiB": m["gpu_peak_gib"]} if m["gpu_peak_gib"] is not None else {}),
+                "peak host RSS GiB": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                      + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20,
+                "disk per fold KiB": m["disk_kib"],
+                "Table 5 column, h": hours,
+            })
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3g}"),
+                  flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"projected full Table 5 (3 variants x 4 datasets, LOSO, {paper.epochs} epochs): "
-          f"{table['Table 5 column (4 datasets), hours'].sum():.1f} h on this device")
+          f"{table['Table 5 column, h'].sum():.1f} h on this device")
     print("datasets (clips, subjects): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    print("peak host RSS: this process's peak plus its largest finished child's (loader workers)")
 
 
 if __name__ == "__main__":

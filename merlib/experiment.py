@@ -100,7 +100,7 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
     out_dir = Path(out_dir) if out_dir else default_dir
     t0 = time.time()
     if config.train.net == "mernet":
-        clips = load_clipset(prepared.manifest, config.train.blocks)
+        clips = load_clipset(prepared.manifest, config.train.blocks, frames=not config.train.stream)
     else:  # a baseline: its features, computed once per clip and cached beside the maps
         clips = build_baseline_context(prepared.manifest, config, jobs=jobs, progress=progress,
                                        features_dir=prepared.cache_dir / "baselines")

@@ -23,6 +23,7 @@ run (:func:`precompute_crops`) instead of at every step.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,8 @@ from sklearn.model_selection import LeaveOneGroupOut
 from torch import nn
 from tqdm.auto import tqdm
 
-from merlib.augment import draw_affine, warp_frames, warp_points, warp_sides
+from merlib.augment import (draw_affine, draw_affines, warp_clips, warp_frames, warp_points,
+                            warp_points_batch, warp_sides, warp_sides_batch)
 from merlib.config import (CLASSES, ModelConfig, RunConfig, TrainConfig, atomic_write_text,
                            config_changes, save_config, to_jsonable)
 from merlib.model import MERNet
@@ -63,38 +65,67 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class ClipSet:
-    """Preprocessed clips of one dataset, in memory."""
+    """Preprocessed clips of one dataset: in memory, or (``frames`` None) their cache files, read
+    one batch at a time by the streaming ``paper`` path."""
 
-    frames: np.ndarray     # (N, T, 224, 224, 3) uint8
+    frames: np.ndarray | None  # (N, T, 224, 224, 3) uint8, or None: read from ``files``
     centres: np.ndarray    # (N, T, K, 2) float32, pixels in the 224 frame
     sides: np.ndarray      # (N, T, K) float32
     labels: np.ndarray     # (N,) int64
     meta: pd.DataFrame     # dataset, source, subject, clip per row
+    files: tuple[str, ...] = ()  # each clip's preprocessed .npz (frames, IPs)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def read_frames(self, i: int) -> np.ndarray:
+        """Clip ``i``'s (T, 224, 224, 3) uint8 frames."""
+        if self.frames is not None:
+            return self.frames[i]
+        return _read_clip(self.files[i], self.meta.iloc[i], frames_only=True)
 
-def load_clipset(manifest: pd.DataFrame, blocks: int) -> ClipSet:
-    """Read the usable clips listed in a preprocessing manifest (status ok)."""
+
+FRAME_SHAPE = (224, 224, 3)
+
+
+def _read_clip(file: str, row, *, key: int = 24, frames_only: bool = False):
+    """frames, or (frames, centres, sides), of one cached clip; a missing or corrupt file is named
+    with its clip and the command that rebuilds it."""
+    try:
+        with np.load(file) as z:
+            frames = z["frames"]
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE:
+                raise ValueError(f"frames are {frames.dtype} {frames.shape}, expected uint8 "
+                                 f"(T, {', '.join(map(str, FRAME_SHAPE))})")
+            if frames_only:
+                return frames
+            return frames, z[f"ip{key}"].astype(np.float32), z[f"side{key}"].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{row.subject}/{row.clip}: its preprocessed clip {file} is missing "
+                         f"or corrupt ({type(exc).__name__}: {exc}); delete it and rerun "
+                         f"`merlib preprocess` (the cache redoes only that clip)") from exc
+
+
+def load_clipset(manifest: pd.DataFrame, blocks: int, *, frames: bool = True) -> ClipSet:
+    """The usable clips listed in a preprocessing manifest (status ok). Every file is read and
+    checked here, before training, so a missing or corrupt clip is named up front; with
+    ``frames=False`` the frames are then dropped again (host memory stays one clip, whatever
+    the dataset's size) and read per batch."""
     ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise ValueError("the preprocessing manifest lists no usable clip")
-    frames, centres, sides = [], [], []
+    kept, centres, sides = [], [], []
     key = 24 if blocks == 0 else blocks  # blocks=0 ignores them; keep shapes regular
     for row in ok.itertuples():
-        try:
-            with np.load(row.file) as z:
-                frames.append(z["frames"])
-                centres.append(z[f"ip{key}"].astype(np.float32))
-                sides.append(z[f"side{key}"].astype(np.float32))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # before training
-            raise ValueError(f"{row.subject}/{row.clip}: its preprocessed clip {row.file} is missing "
-                             f"or corrupt ({type(exc).__name__}: {exc}); delete it and rerun "
-                             f"`merlib preprocess` (the cache redoes only that clip)") from exc
+        fr, c, s = _read_clip(row.file, row, key=key)
+        if frames:
+            kept.append(fr)
+        centres.append(c)
+        sides.append(s)
     labels = ok["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
     meta = ok[["dataset", "source", "subject", "clip"]].copy()
-    return ClipSet(np.stack(frames), np.stack(centres), np.stack(sides), labels, meta)
+    return ClipSet(np.stack(kept) if frames else None, np.stack(centres), np.stack(sides), labels,
+                   meta, tuple(str(f) for f in ok["file"]))
 
 
 # --------------------------------------------------------------------------- model
@@ -131,7 +162,7 @@ def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.
                  *, progress: bool = True) -> Maps:
     """Run the frozen convolutions once per clip and view."""
     model.eval()
-    n, t = clips.frames.shape[:2]
+    n, t = clips.centres.shape[:2]
     f28 = torch.empty((n, cfg.views, t, 512, 28, 28), dtype=torch.float16)
     f14 = None if cfg.train_gia_convs else torch.empty((n, cfg.views, t, 512, 14, 14),
                                                        dtype=torch.float16)
@@ -140,10 +171,10 @@ def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.
         rng = np.random.default_rng([cfg.seed, i])
         for v in range(cfg.views):
             if v == 0:
-                fr, affine = clips.frames[i], np.eye(3)[:2]
+                fr, affine = clips.read_frames(i), np.eye(3)[:2]
             else:
                 affine = draw_affine(rng, cfg.augment)
-                fr = warp_frames(clips.frames[i], affine)
+                fr = warp_frames(clips.read_frames(i), affine)
             x = _to_float(fr, device)[None]                                  # (1, T, 3, 224, 224)
             m28 = model.transfer(x)                                          # (1, T, 512, 28, 28)
             f28[i, v] = m28[0].to("cpu", torch.float16)
@@ -404,6 +435,18 @@ class FoldContext:
         return (self.model.bia is not None and self.crops is None) or self.maps.f14 is None
 
 
+@contextlib.contextmanager
+def oom_hint(device: torch.device, cfg: TrainConfig):
+    """An out-of-memory error that says which batch size to lower, and how."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise torch.OutOfMemoryError(
+            f"out of memory on {device} at batch size {cfg.batch_size}: lower it, e.g. "
+            f"`merlib train ... --set train.batch_size={max(1, cfg.batch_size // 2)}` (a finished "
+            f"fold is kept; the run resumes at this one). {exc}") from exc
+
+
 def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.Tensor,
                     train_idx: np.ndarray, cfg: TrainConfig, inputs: MapInputs,
                     rng: np.random.Generator) -> float:
@@ -419,18 +462,13 @@ def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.
         batch = make_batch(ctx.maps, ctx.clips, idx, views, device, inputs,
                            need_f28=ctx.need_f28, crops=ctx.crops)
         y = labels[idx].to(device)
-        try:
+        with oom_hint(device, cfg):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = batch.forward(model)
             loss = nn.functional.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        except torch.OutOfMemoryError as exc:
-            raise torch.OutOfMemoryError(
-                f"out of memory on {device} at batch size {cfg.batch_size}: lower it, e.g. "
-                f"`merlib train ... --set train.batch_size={max(1, cfg.batch_size // 2)}` (a finished "
-                f"fold is kept; the run resumes at this one). {exc}") from exc
         total += loss.item() * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
@@ -448,6 +486,171 @@ def evaluate(ctx: FoldContext, idx: np.ndarray, inputs: MapInputs = MapInputs(),
                            inputs, need_f28=ctx.need_f28, crops=ctx.crops)
         out.append(torch.softmax(batch.forward(ctx.model).float(), dim=1).cpu())
     return torch.cat(out).numpy()
+
+
+# --------------------------------------------------------------------------- streaming (paper)
+# The paper profile trains GIA's convolutions, so nothing after the transfer layer can be cached,
+# and it augments every sample afresh. Clips stream from the preprocessing cache through a
+# DataLoader; each step draws one rotation + crop per clip on the device, warps the frames and the
+# IPs by it, runs the frozen transfer layer without autograd and trains the rest. Host memory holds
+# a few batches of uint8 frames; device memory one batch's activations, whatever the dataset's size.
+
+class ClipFrames(torch.utils.data.Dataset):
+    """(frames (T, 224, 224, 3) uint8, index) of each clip, read from its cache file."""
+
+    def __init__(self, clips: ClipSet) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.ascontiguousarray(self.clips.read_frames(i))), i
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """The fold's clips in a new random order at every pass, drawn in the main process from the
+    fold's own generator, so the order is the same with or without loader workers."""
+
+    def __init__(self, idx: np.ndarray, rng: np.random.Generator | None) -> None:
+        self.idx, self.rng = np.asarray(idx), rng
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __iter__(self):
+        order = self.idx if self.rng is None else self.rng.permutation(self.idx)
+        return iter(order.tolist())
+
+
+def clip_loader(clips: ClipSet, idx: np.ndarray, cfg: TrainConfig, device: torch.device,
+                rng: np.random.Generator | None = None) -> torch.utils.data.DataLoader:
+    """Batches of ``idx`` (shuffled at every pass when ``rng`` is given) with loader workers and,
+    on CUDA, pinned memory."""
+    workers = cfg.loader_workers
+    return torch.utils.data.DataLoader(
+        ClipFrames(clips), batch_size=cfg.batch_size, sampler=EpochOrder(idx, rng),
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None)
+
+
+@dataclass
+class StreamContext:
+    """What every fold of a streaming run shares: the clips (frames on disk), the model at its
+    initial weights, the device. No maps: every step computes its own."""
+
+    clips: ClipSet
+    model: MERNet
+    init_state: dict
+    device: torch.device
+    weights_tag: str
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        return self.clips.meta
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.clips.labels
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def stream_batch(ctx: StreamContext, frames: torch.Tensor, idx: torch.Tensor, cfg: TrainConfig,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 frames (B, T, H, W, 3) of clips ``idx`` -> float frames (B, T, 3, H, W) in [0, 1],
+    IP centres (B, T, K, 2) and sides (B, T, K) on the device; with a ``generator``, each clip
+    through its own fresh rotation + crop (frames and IPs alike), else as they are."""
+    device = ctx.device
+    x = frames.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255)  # (B, T, 3, H, W)
+    centres = torch.as_tensor(ctx.clips.centres[idx.numpy()], device=device)          # (B, T, K, 2)
+    sides = torch.as_tensor(ctx.clips.sides[idx.numpy()], device=device)              # (B, T, K)
+    if generator is not None:
+        affines = draw_affines(len(idx), cfg.augment, generator=generator)            # (B, 2, 3)
+        x = warp_clips(x, affines)
+        centres, sides = warp_points_batch(centres, affines), warp_sides_batch(sides, affines)
+    if device.type == "cuda":
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+    return x, centres, sides
+
+
+def _stream_logits(model: MERNet, x: torch.Tensor, centres: torch.Tensor,
+                   sides: torch.Tensor) -> torch.Tensor:
+    f28 = model.transfer(x)  # (B, T, 512, 28, 28); frozen: runs without autograd
+    blocks = model.bia is not None
+    return model.forward_head(model.forward_features_from_maps(
+        f28, None, centres if blocks else None, sides if blocks else None))
+
+
+def train_one_epoch_stream(ctx: StreamContext, opt: torch.optim.Optimizer, labels: torch.Tensor,
+                           loader: torch.utils.data.DataLoader, cfg: TrainConfig,
+                           generator: torch.Generator) -> float:
+    """One pass of the streaming path, fresh augmentation per clip; the mean cross-entropy."""
+    model, device = ctx.model, ctx.device
+    model.train()
+    autocast = device.type == "cuda" and cfg.bf16
+    total, seen = 0.0, 0
+    for frames, idx in loader:
+        x, centres, sides = stream_batch(ctx, frames, idx, cfg, generator)
+        y = labels[idx].to(device)
+        with oom_hint(device, cfg):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = _stream_logits(model, x, centres, sides)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate_stream(ctx: StreamContext, idx: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Class probabilities of ``idx``, unaugmented, in order."""
+    ctx.model.eval()
+    autocast = ctx.device.type == "cuda" and cfg.bf16
+    out = []
+    for frames, b in clip_loader(ctx.clips, idx, cfg, ctx.device):
+        x, centres, sides = stream_batch(ctx, frames, b, cfg, None)
+        with oom_hint(ctx.device, cfg), torch.autocast(ctx.device.type, dtype=torch.bfloat16,
+                                                        enabled=autocast):
+            logits = _stream_logits(ctx.model, x, centres, sides)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _stream_probs(ctx: StreamContext, cfg: TrainConfig, labels: np.ndarray, train_idx: np.ndarray,
+                  test_idx: np.ndarray, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
+    _seed_all(seed)
+    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
+    fold_cfg = dataclasses.replace(cfg, seed=seed)
+    opt = make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
+    loader = clip_loader(ctx.clips, train_idx, cfg, ctx.device, np.random.default_rng(seed))
+    generator = torch.Generator(device=ctx.device).manual_seed(seed)  # the augmentation draws
+    y = torch.as_tensor(labels)
+    losses = [train_one_epoch_stream(ctx, opt, y, loader, fold_cfg, generator)
+              for _ in tqdm(range(cfg.epochs), desc="epochs", leave=False, disable=not progress)]
+    del loader  # stops its workers
+    return evaluate_stream(ctx, test_idx, cfg), {"inputs": {"inputs": "frames", "stream": True},
+                                                 "losses": losses}
+
+
+def build_stream_context(clips: ClipSet, config: RunConfig) -> StreamContext:
+    cfg = config.train
+    if cfg.inputs != "frames":
+        raise ValueError(f"the streaming path trains on the paper's frames; inputs={cfg.inputs!r} "
+                         f"needs cached maps (--set train.stream=false)")
+    device = resolve_device(cfg.device)
+    _set_threads(device, config)
+    _seed_all(cfg.seed)
+    model, weights_tag = make_model(cfg.model, cfg.weights)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    return StreamContext(clips, model, init_state, device, weights_tag)
 
 
 def fold_labels(labels: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig, fold: int) -> np.ndarray:
@@ -472,16 +675,23 @@ def fold_dir(run_dir: Path, clips, fold: int, test_idx: np.ndarray) -> Path:
     return Path(run_dir) / "folds" / f"{fold:03d}_{clips.meta['subject'].iloc[test_idx[0]]}"
 
 
-def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None = None,
-                  maps_dir: Path | None = None, prep_key: str = "",
-                  progress: bool = True) -> FoldContext:
-    """Model, frozen maps (cached in ``maps_file``, or under ``maps_dir`` by key) and windows."""
-    cfg = config.train
-    device = resolve_device(cfg.device)
+def _set_threads(device: torch.device, config: RunConfig) -> None:
     if device.type == "cpu":
         from merlib.executors import cpu_threads  # honours SLURM's and containers' CPU affinity
 
         torch.set_num_threads(config.executor.threads or cpu_threads(1))
+
+
+def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None = None,
+                  maps_dir: Path | None = None, prep_key: str = "",
+                  progress: bool = True) -> FoldContext | StreamContext:
+    """Model, frozen maps (cached in ``maps_file``, or under ``maps_dir`` by key) and windows; or,
+    for a streaming run (``train.stream``), the model and the clips alone."""
+    cfg = config.train
+    if cfg.stream:
+        return build_stream_context(clips, config)
+    device = resolve_device(cfg.device)
+    _set_threads(device, config)
     _seed_all(cfg.seed)
     model, weights_tag = make_model(cfg.model, cfg.weights)
     model = model.to(device)
@@ -517,7 +727,8 @@ def load_context(config: RunConfig, run_dir: Path, *, progress: bool = False):
     if config.train.net != "mernet":  # features are cached by the driver: this only reads them
         return build_baseline_context(load_manifest(plan["manifest"]), config,
                                       features_dir=Path(plan["features_dir"]), jobs=1)
-    clips = load_clipset(load_manifest(plan["manifest"]), config.train.blocks)
+    clips = load_clipset(load_manifest(plan["manifest"]), config.train.blocks,
+                         frames=not config.train.stream)
     return build_context(clips, config, maps_file=Path(plan["maps_file"]) if plan["maps_file"] else None,
                          progress=progress)
 
@@ -603,6 +814,8 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
     labels = fold_labels(ctx.labels, train_idx, cfg, fold)
     if isinstance(ctx, BaselineContext):
         probs, record = _baseline_probs(ctx, cfg, labels, train_idx, test_idx, seed)
+    elif isinstance(ctx, StreamContext):
+        probs, record = _stream_probs(ctx, cfg, labels, train_idx, test_idx, seed, progress)
     else:
         probs, record = _mernet_probs(ctx, cfg, labels, train_idx, test_idx, seed, progress)
     pred = ctx.meta.iloc[test_idx].reset_index(drop=True).copy()
@@ -616,7 +829,8 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
         pred["inputs"] = cfg.inputs
     else:  # blocks and map inputs are the paper model's; a baseline has its own features
         pred["net"] = cfg.net
-    if cfg.checkpoints and isinstance(ctx, FoldContext):
+    trained = isinstance(ctx, (FoldContext, StreamContext))
+    if cfg.checkpoints and trained:
         tmp = out / "checkpoint.pt.tmp"
         torch.save({"model": _trainable_state(ctx.model), "fold": fold, "subject": subject,
                     "epochs": cfg.epochs, "losses": record["losses"]}, tmp)
@@ -624,7 +838,7 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
     seconds = round(time.time() - t0, 2)
     atomic_write_text(out / "fold.json", json.dumps(
         {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
-         **record, "checkpoint": cfg.checkpoints and isinstance(ctx, FoldContext),
+         **record, "checkpoint": cfg.checkpoints and trained,
          "seconds": seconds}, indent=2))
     atomic_write_text(done, pred.to_csv(index=False))  # last: its presence marks the fold finished
     return {"fold": fold, "subject": subject, "state": "done", "seconds": seconds}
