@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import shutil
 import time
 import zipfile
@@ -526,8 +527,9 @@ class EpochOrder(torch.utils.data.Sampler):
 def clip_loader(clips: ClipSet, idx: np.ndarray, cfg: TrainConfig, device: torch.device,
                 rng: np.random.Generator | None = None) -> torch.utils.data.DataLoader:
     """Batches of ``idx`` (shuffled at every pass when ``rng`` is given) with loader workers and,
-    on CUDA, pinned memory."""
-    workers = cfg.loader_workers
+    on CUDA, pinned memory. Inside a daemonic process (a dask worker) the clips are read in-process:
+    daemonic processes may not start children."""
+    workers = 0 if multiprocessing.current_process().daemon else cfg.loader_workers
     return torch.utils.data.DataLoader(
         ClipFrames(clips), batch_size=cfg.batch_size, sampler=EpochOrder(idx, rng),
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,

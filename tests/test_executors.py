@@ -244,3 +244,20 @@ def test_local_executor_and_in_memory_plans_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no preprocessing manifest"):
         executors.run_folds(_cfg(kind="dask"), tmp_path, [0], progress=False)
     assert executors.run_folds(_cfg(kind="dask"), tmp_path, [], progress=False) == []
+
+
+def test_the_streaming_paper_path_runs_its_folds_on_dask_workers(tiny, scheduler, monkeypatch):
+    """dask workers are daemonic processes: the paper path's DataLoader must read in-process
+    there instead of failing to start its own workers."""
+    monkeypatch.setattr(executors, "run_folds", functools.partial(executors.run_folds,
+                                                                  timeout_s=TIMEOUT_S))
+    p = PROFILES["paper"]
+    train = dataclasses.replace(p, epochs=1, weights="random", batch_size=2, device="cpu",
+                                loader_workers=2)
+    config = RunConfig(train=train, executor=ExecutorConfig(kind="dask", scheduler=scheduler))
+    clips = load_clipset(load_manifest(tiny["manifest"]), 10, frames=False)
+    out = tiny["root"] / "paper-dask"
+    pred = run_loso(clips, config, out, manifest_file=tiny["manifest"], progress=False)
+    assert sorted(pred["clip"]) == sorted(clips.meta["clip"]) and pred["fold"].nunique() == 3
+    assert (pred["profile"] == "paper").all()
+    assert json.loads((out / "config.json").read_text())["run"]["train"]["stream"] is True

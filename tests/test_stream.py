@@ -155,3 +155,17 @@ def test_a_worker_rebuilds_a_streaming_context_from_the_plan(manifest, tmp_path)
                                                   "features_dir": ""}))
     ctx = load_context(_paper(), tmp_path)
     assert isinstance(ctx, StreamContext) and ctx.clips.frames is None and len(ctx) == 5
+
+
+def test_the_loader_reads_in_process_inside_a_daemonic_worker(manifest, monkeypatch):
+    import types
+
+    from merlib import train
+    clips = load_clipset(manifest, 10, frames=False)
+    cfg = _paper(loader_workers=2).train
+    assert clip_loader(clips, np.arange(3), cfg, torch.device("cpu")).num_workers == 2
+    monkeypatch.setattr(train.multiprocessing, "current_process",
+                        lambda: types.SimpleNamespace(daemon=True))  # as in a dask worker
+    loader = clip_loader(clips, np.arange(3), cfg, torch.device("cpu"))
+    assert loader.num_workers == 0
+    assert sorted(int(i) for _, idx in loader for i in idx) == [0, 1, 2]
