@@ -406,19 +406,15 @@ def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) ->
 
 
 @dataclass
-class FoldContext:
-    """What every fold of one run shares, built once per process: the clips, their frozen maps
-    (and precomputed windows), the model at its initial weights, and the delta moments."""
+class ModelContext:
+    """What every fold of one run shares, built once per process: the clips, the model at its
+    initial weights, the device and which VGG16 weights the model has."""
 
     clips: ClipSet
-    maps: Maps
     model: MERNet
     init_state: dict
     device: torch.device
     weights_tag: str
-    moments: np.ndarray | None = None
-    crops: Windows | None = None
-    maps_file: Path | None = None
 
     @property
     def meta(self) -> pd.DataFrame:
@@ -430,6 +426,17 @@ class FoldContext:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+
+@dataclass
+class FoldContext(ModelContext):
+    """The cached path (``quick``): also the clips' frozen maps, precomputed windows and the
+    moments the map inputs are fit from."""
+
+    maps: Maps | None = None
+    moments: np.ndarray | None = None
+    crops: Windows | None = None
+    maps_file: Path | None = None
 
     @property
     def need_f28(self) -> bool:
@@ -448,13 +455,26 @@ def oom_hint(device: torch.device, cfg: TrainConfig):
             f"fold is kept; the run resumes at this one). {exc}") from exc
 
 
+def optimizer_step(forward, y: torch.Tensor, opt: torch.optim.Optimizer, device: torch.device,
+                   cfg: TrainConfig) -> float:
+    """One Adam step on the cross-entropy of ``forward()``'s logits (bf16 autocast on CUDA);
+    the batch's mean loss."""
+    with oom_hint(device, cfg):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
+            logits = forward()
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
 def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.Tensor,
                     train_idx: np.ndarray, cfg: TrainConfig, inputs: MapInputs,
                     rng: np.random.Generator) -> float:
     """One pass over the training clips in a random order; the mean cross-entropy."""
     model, device = ctx.model, ctx.device
     model.train()
-    autocast = device.type == "cuda" and cfg.bf16
     order = rng.permutation(train_idx)
     total, seen = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
@@ -462,15 +482,8 @@ def train_one_epoch(ctx: FoldContext, opt: torch.optim.Optimizer, labels: torch.
         views = rng.integers(0, cfg.views, size=len(idx))
         batch = make_batch(ctx.maps, ctx.clips, idx, views, device, inputs,
                            need_f28=ctx.need_f28, crops=ctx.crops)
-        y = labels[idx].to(device)
-        with oom_hint(device, cfg):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = batch.forward(model)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        total += loss.item() * len(idx)
+        total += optimizer_step(lambda: batch.forward(model), labels[idx].to(device), opt,
+                                device, cfg) * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
 
@@ -537,26 +550,9 @@ def clip_loader(clips: ClipSet, idx: np.ndarray, cfg: TrainConfig, device: torch
 
 
 @dataclass
-class StreamContext:
-    """What every fold of a streaming run shares: the clips (frames on disk), the model at its
-    initial weights, the device. No maps: every step computes its own."""
-
-    clips: ClipSet
-    model: MERNet
-    init_state: dict
-    device: torch.device
-    weights_tag: str
-
-    @property
-    def meta(self) -> pd.DataFrame:
-        return self.clips.meta
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.clips.labels
-
-    def __len__(self) -> int:
-        return len(self.clips)
+class StreamContext(ModelContext):
+    """The streaming path (``paper``): no maps; every step computes its own from the clips'
+    frames on disk."""
 
 
 def stream_batch(ctx: StreamContext, frames: torch.Tensor, idx: torch.Tensor, cfg: TrainConfig,
@@ -591,19 +587,11 @@ def train_one_epoch_stream(ctx: StreamContext, opt: torch.optim.Optimizer, label
     """One pass of the streaming path, fresh augmentation per clip; the mean cross-entropy."""
     model, device = ctx.model, ctx.device
     model.train()
-    autocast = device.type == "cuda" and cfg.bf16
     total, seen = 0.0, 0
     for frames, idx in loader:
         x, centres, sides = stream_batch(ctx, frames, idx, cfg, generator)
-        y = labels[idx].to(device)
-        with oom_hint(device, cfg):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = _stream_logits(model, x, centres, sides)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        total += loss.item() * len(idx)
+        total += optimizer_step(lambda: _stream_logits(model, x, centres, sides),
+                                labels[idx].to(device), opt, device, cfg) * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
 
@@ -640,17 +628,7 @@ def _stream_probs(ctx: StreamContext, cfg: TrainConfig, labels: np.ndarray, trai
 
 
 def build_stream_context(clips: ClipSet, config: RunConfig) -> StreamContext:
-    cfg = config.train
-    if cfg.inputs != "frames":
-        raise ValueError(f"the streaming path trains on the paper's frames; inputs={cfg.inputs!r} "
-                         f"needs cached maps (--set train.stream=false)")
-    device = resolve_device(cfg.device)
-    _set_threads(device, config)
-    _seed_all(cfg.seed)
-    model, weights_tag = make_model(cfg.model, cfg.weights)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model, weights_tag, device = _placed_model(config)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return StreamContext(clips, model, init_state, device, weights_tag)
 
@@ -677,11 +655,21 @@ def fold_dir(run_dir: Path, clips, fold: int, test_idx: np.ndarray) -> Path:
     return Path(run_dir) / "folds" / f"{fold:03d}_{clips.meta['subject'].iloc[test_idx[0]]}"
 
 
-def _set_threads(device: torch.device, config: RunConfig) -> None:
+def _placed_model(config: RunConfig) -> tuple[MERNet, str, torch.device]:
+    """The model at its seeded initial weights on the run's device (channels_last on CUDA), its
+    weights tag, the device; on the CPU, torch's threads set for this process."""
+    cfg = config.train
+    device = resolve_device(cfg.device)
     if device.type == "cpu":
         from merlib.executors import cpu_threads  # honours SLURM's and containers' CPU affinity
 
         torch.set_num_threads(config.executor.threads or cpu_threads(1))
+    _seed_all(cfg.seed)
+    model, weights_tag = make_model(cfg.model, cfg.weights)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, weights_tag, device
 
 
 def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None = None,
@@ -692,13 +680,7 @@ def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None =
     cfg = config.train
     if cfg.stream:
         return build_stream_context(clips, config)
-    device = resolve_device(cfg.device)
-    _set_threads(device, config)
-    _seed_all(cfg.seed)
-    model, weights_tag = make_model(cfg.model, cfg.weights)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model, weights_tag, device = _placed_model(config)
     if maps_file is None and maps_dir is not None:
         maps_file = Path(maps_dir) / f"maps-{maps_key(prep_key, clips, cfg, weights_tag)}.pt"
     maps = load_or_compute_maps(model, clips, cfg, device, maps_file, progress=progress)
@@ -707,7 +689,8 @@ def build_context(clips: ClipSet, config: RunConfig, *, maps_file: Path | None =
     if model.bia is not None and cfg.views == 1 and maps.f14 is not None:
         crops = precompute_crops(model, maps, clips, cfg.inputs)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return FoldContext(clips, maps, model, init_state, device, weights_tag, moments, crops, maps_file)
+    return FoldContext(clips, model, init_state, device, weights_tag, maps=maps, moments=moments,
+                       crops=crops, maps_file=maps_file)
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -831,7 +814,7 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *,
         pred["inputs"] = cfg.inputs
     else:  # blocks and map inputs are the paper model's; a baseline has its own features
         pred["net"] = cfg.net
-    trained = isinstance(ctx, (FoldContext, StreamContext))
+    trained = isinstance(ctx, ModelContext)
     if cfg.checkpoints and trained:
         tmp = out / "checkpoint.pt.tmp"
         torch.save({"model": _trainable_state(ctx.model), "fold": fold, "subject": subject,
