@@ -192,13 +192,15 @@ class BlockAttention(nn.Module):
         """c_k of Eq. (1): (N, C, 28, 28), centres (N, K, 2) as (x, y) px, sides (N, K) px
         -> (N, K, C, 6, 6)."""
         n, k = centres.shape[:2]
-        half = sides.to(f28.dtype).unsqueeze(-1) / 2  # (N, K, 1)
-        xy = centres.to(f28.dtype)
-        frame = torch.arange(n, device=f28.device, dtype=f28.dtype).repeat_interleave(k)
+        # Boxes stay float32 whatever the maps are: in bf16 (autocast) frame indices above 256 and
+        # sub-pixel centres would round, cutting windows from the wrong frame or place.
+        half = sides.float().unsqueeze(-1) / 2  # (N, K, 1)
+        xy = centres.float()
+        frame = torch.arange(n, device=f28.device, dtype=torch.float32).repeat_interleave(k)
         boxes = torch.cat([frame.unsqueeze(1), (xy - half).reshape(-1, 2), (xy + half).reshape(-1, 2)], 1)
-        out = roi_align(f28, boxes, output_size=self.crop_size, spatial_scale=1.0 / self.stride,
+        out = roi_align(f28.float(), boxes, output_size=self.crop_size, spatial_scale=1.0 / self.stride,
                         sampling_ratio=-1, aligned=True)  # (N·K, C, 6, 6)
-        return out.unflatten(0, (n, k))
+        return out.to(f28.dtype).unflatten(0, (n, k))
 
     def forward_crops(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eqs. (1)–(3) on windows already cut: (N, K, 512, 6, 6) -> α (N, K, 64), p (N, K)."""

@@ -298,9 +298,11 @@ def input_moments(maps: Maps, inputs: str) -> np.ndarray | None:
             if f is None:
                 out[i, 0, j] = 1.0
                 continue
-            d = f[i].double().transpose(0, 2).flatten(1)  # (C, V·T·H·W)
-            out[i, :, j] = torch.stack([torch.full((d.shape[0],), float(d.shape[1]), dtype=d.dtype),
-                                        d.sum(1), d.square().sum(1)]).numpy()
+            for view in f[i]:  # one view at a time: float64 copies of all views are GBs
+                d = view.double().transpose(0, 1).flatten(1)  # (C, T·H·W)
+                out[i, 0, j] += d.shape[1]
+                out[i, 1, j] += d.sum(1).numpy()
+                out[i, 2, j] += d.square().sum(1).numpy()
     return out
 
 
@@ -538,15 +540,17 @@ class EpochOrder(torch.utils.data.Sampler):
 
 
 def clip_loader(clips: ClipSet, idx: np.ndarray, cfg: TrainConfig, device: torch.device,
-                rng: np.random.Generator | None = None) -> torch.utils.data.DataLoader:
+                rng: np.random.Generator | None = None, seed: int = 0) -> torch.utils.data.DataLoader:
     """Batches of ``idx`` (shuffled at every pass when ``rng`` is given) with loader workers and,
     on CUDA, pinned memory. Inside a daemonic process (a dask worker) the clips are read in-process:
     daemonic processes may not start children."""
     workers = 0 if multiprocessing.current_process().daemon else cfg.loader_workers
+    # Its own generator: a loader draws its workers' base seed at every iterator, and from the
+    # global RNG that would shift the CPU dropout stream with the worker count.
     return torch.utils.data.DataLoader(
         ClipFrames(clips), batch_size=cfg.batch_size, sampler=EpochOrder(idx, rng),
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=2 if workers else None)
+        prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclass
@@ -617,7 +621,7 @@ def _stream_probs(ctx: StreamContext, cfg: TrainConfig, labels: np.ndarray, trai
     ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
     fold_cfg = dataclasses.replace(cfg, seed=seed)
     opt = make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
-    loader = clip_loader(ctx.clips, train_idx, cfg, ctx.device, np.random.default_rng(seed))
+    loader = clip_loader(ctx.clips, train_idx, cfg, ctx.device, np.random.default_rng(seed), seed)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)  # the augmentation draws
     y = torch.as_tensor(labels)
     losses = [train_one_epoch_stream(ctx, opt, y, loader, fold_cfg, generator)

@@ -280,6 +280,25 @@ def test_crop_windows_pick_up_a_planted_bump():
     torch.testing.assert_close(small[7], 5.0 * torch.outer(w, w))
 
 
+def test_bf16_maps_are_cut_from_the_right_frame_and_place():
+    """Under autocast the maps are bf16, which holds integers exactly only up to 256: the boxes
+    must stay float32 or a batch of 26+ clips × 10 frames cuts windows from the wrong frame."""
+    bia = BlockAttention(blocks=1)
+    n = 300
+    f28 = torch.zeros(n, 512, 28, 28)
+    f28[torch.arange(n), torch.arange(n)] = 1.0  # frame i: a map of ones in channel i only
+    centres = torch.full((n, 1, 2), 100.3)  # sub-pixel, where bf16's step is 0.5 px
+    sides = torch.full((n, 1), 48.0)
+    low = bia.crop(f28.bfloat16(), centres, sides)  # (n, 1, 512, 6, 6)
+    assert low.dtype == torch.bfloat16
+    lit = low[:, 0].float().sum((2, 3)).argmax(1)  # the channel each window was cut from
+    torch.testing.assert_close(lit, torch.arange(n))
+    ramp = torch.arange(28, dtype=torch.float32).expand(1, 512, 28, 28)  # value = x cell
+    x = bia.crop(ramp.bfloat16(), torch.tensor([[[100.3, 100.0]]]), torch.tensor([[48.0]]))
+    y = bia.crop(ramp, torch.tensor([[[100.3, 100.0]]]), torch.tensor([[48.0]]))
+    torch.testing.assert_close(x.float(), y.to(torch.bfloat16).float())
+
+
 def test_only_covering_block_output_is_nonzero(vgg):
     m = make(vgg, blocks=5).eval()
     with torch.no_grad():

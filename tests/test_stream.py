@@ -169,3 +169,15 @@ def test_the_loader_reads_in_process_inside_a_daemonic_worker(manifest, monkeypa
     loader = clip_loader(clips, np.arange(3), cfg, torch.device("cpu"))
     assert loader.num_workers == 0
     assert sorted(int(i) for _, idx in loader for i in idx) == [0, 1, 2]
+
+
+def test_loader_workers_do_not_change_what_a_fold_learns(manifest, tmp_path):
+    """Worker count is a speed setting: the batches, the augmentation and the dropout stream
+    (the global CPU RNG, which a loader must not draw from) stay the same."""
+    clips = load_clipset(manifest, 10, frames=False)
+    preds = []
+    for workers in (0, 2):
+        config = _paper(epochs=2, loader_workers=workers)
+        run_fold(config, 1, tmp_path / f"w{workers}", context=build_context(clips, config))
+        preds.append(next((tmp_path / f"w{workers}" / "folds").iterdir()) / "predictions.csv")
+    assert preds[0].read_bytes() == preds[1].read_bytes()
