@@ -10,6 +10,9 @@ DATA_ROOT ?=
 PROFILE ?= quick
 PRESET ?= demo
 SEED ?= 0
+# SynthME only: the shuffled-label control of the README's sanity table (bench/sanity.py), this
+# many seeds per label kind; 0 skips it (it adds about 12 min on 2 cores).
+SANITY_SEEDS ?= 3
 # The notebooks' CI run writes its tables and runs here, fresh each time, so what a checkout
 # already holds (say, other tiny variants trained by hand) never changes what nbval compares.
 NBVAL_OUT := $(CURDIR)/build/nbval
@@ -70,6 +73,7 @@ notebooks: $(STAMP) $(WEIGHTS_TRIED)
 # Default: the demo SynthME (generated once, cached) through every notebook with the quick profile.
 reproduce: $(STAMP) $(WEIGHTS_TRIED)
 	$(BIN)/merlib reproduce --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) --profile $(PROFILE) --preset $(PRESET) --seed $(SEED)
+	$(if $(and $(filter synthme,$(DATASET)),$(filter-out 0,$(SANITY_SEEDS))),$(BIN)/python bench/sanity.py --keep --preset $(PRESET) --seed $(SEED) --profile $(PROFILE) --seeds $(SANITY_SEEDS),)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

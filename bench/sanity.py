@@ -30,7 +30,7 @@ import pandas as pd
 import dataclasses
 
 from merlib.config import CLASSES, INPUTS, Paths, make_run_config
-from merlib.experiment import Run, prepare, train
+from merlib.experiment import Run, prepare, run_dir, train
 from merlib.report import write_table
 from merlib.synth.calibration import chance_uf1
 
@@ -54,10 +54,16 @@ def main() -> None:
                     help="which label kinds to run (a screen of settings may skip the control)")
     ap.add_argument("--json", type=Path, help="also write every run's figures to this file")
     ap.add_argument("--no-table", action="store_true", help="do not write tables/<run>/sanity.*")
+    ap.add_argument("--seed", type=int, default=0, help="SynthME's generation seed")
+    ap.add_argument("--keep", action="store_true",
+                    help="train into the standard run folders (runs/<run>/train/<name>) instead of a "
+                         "temporary one: resumable, and the true-label seed-0 run is the one "
+                         "`make reproduce` trained for Table 5 (make reproduce passes it)")
     args = ap.parse_args()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs),
                                    ("weights", args.weights), ("gia_fc_lr", args.gia_fc_lr)) if v is not None}
-    base = make_run_config(synth_preset=args.preset, profile=args.profile, blocks=args.blocks)
+    base = make_run_config(synth_preset=args.preset, synth_seed=args.seed, profile=args.profile,
+                           blocks=args.blocks)
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides))
     prepared = prepare(base, progress=False)
     prov = Run(base).prov
@@ -69,7 +75,7 @@ def main() -> None:
             t0 = time.time()
             config = dataclasses.replace(base, train=dataclasses.replace(
                 base.train, shuffle_labels=shuffle, seed=seed))
-            out_dir = Path(tmp) / f"shuffle{int(shuffle)}-seed{seed}"
+            out_dir = run_dir(config) if args.keep else Path(tmp) / f"shuffle{int(shuffle)}-seed{seed}"
             pred, summary = train(config, prepared=prepared, progress=False, out_dir=out_dir)
             m = summary["pooled"]
             weights = json.loads((out_dir / "config.json").read_text())["weights_used"]
