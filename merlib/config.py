@@ -329,9 +329,11 @@ class RunConfig:
             t, model=dataclasses.replace(t.model, blocks=blocks)))
 
     def identity(self) -> dict:
-        """What makes two runs the same experiment: everything but the executor."""
+        """What makes two runs the same experiment: everything but how it is executed (the
+        executor, and the loader's worker count, which a test shows changes no prediction)."""
         d = self.to_dict()
         d.pop("executor")
+        d["train"].pop("loader_workers")
         return d
 
     @classmethod
@@ -354,7 +356,7 @@ class RunConfig:
         default_train = to_jsonable(PROFILES[self.train.profile])
         default_prep = to_jsonable(PreprocessConfig(apex=apex_for(self.data.loader)))
         changed = (flat_diff(to_jsonable(self.train), default_train,
-                              skip={"profile", "model.blocks", "net"})
+                              skip={"profile", "model.blocks", "net", "loader_workers"})
                    + flat_diff(to_jsonable(self.preprocess), default_prep))
         for key, value in changed:
             parts.append(re.sub(r"[^A-Za-z0-9.]+", "", f"{key.rsplit('.', 1)[-1]}{value}"))

@@ -64,6 +64,11 @@ def test_serialisation_round_trips_and_the_executor_is_not_identity():
     c = make_run_config(blocks=0, executor=ExecutorConfig(kind="dask", workers=2))
     assert RunConfig.from_dict(c.to_dict()) == c
     assert c.identity() == dataclasses.replace(c, executor=ExecutorConfig()).identity()
+    # the loader's worker count is how a run executes, not what it computes (tests/test_stream.py)
+    p = make_run_config(profile="paper")
+    fewer = with_overrides(p, {"train.loader_workers": 0})
+    assert fewer.identity() == p.identity() and fewer.run_name() == p.run_name()
+    assert fewer.to_dict()["train"]["loader_workers"] == 0  # still saved with the run
 
 
 def test_config_changes_name_each_changed_setting():
