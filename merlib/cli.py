@@ -54,8 +54,9 @@ def run_parameters(args: argparse.Namespace) -> dict:
     if "profile" in a:  # preprocess takes only the options above
         params.update(profile=a["profile"], epochs=a["epochs"] or 0, weights=a["weights"] or "",
                       inputs=a["inputs"] or "", train_seed=a["train_seed"], model=a["model"],
-                      keep_checkpoints=a["keep_checkpoints"] or None,
                       overrides=dict(_setting(v) for v in a["set"] or []))
+        if a["keep_checkpoints"]:  # a setting, not a notebook parameter: it rides in overrides
+            params["overrides"]["train.checkpoints"] = True
     if "blocks" in a:
         params["blocks"] = a["blocks"]
     return params

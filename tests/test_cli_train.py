@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -73,3 +74,20 @@ def test_a_corrected_coding_sheet_never_pools_the_old_folds(tmp_path):
     surprise = CLASSES.index("surprise")
     assert after.loc[after["clip"] == clip, "y_true"].item() == surprise
     assert before.loc[before["clip"] == clip, "y_true"].item() == CLASSES.index("positive")
+
+
+def test_reproduce_passes_the_notebooks_only_their_own_parameters():
+    """papermill injects unknown names silently (a warning): --keep-checkpoints must reach the
+    notebooks as a setting they read, not as a parameter they ignore."""
+    from merlib.cli import build_parser, run_parameters
+    from merlib.config import make_run_config
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "04_training.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = {line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines()
+             if "=" in line and not line.startswith("#")}
+    args = build_parser().parse_args(["reproduce", "--keep-checkpoints", "--set", "train.lr=0.001"])
+    params = run_parameters(args)
+    assert set(params) <= names, set(params) - names
+    config = make_run_config(**params)
+    assert config.train.checkpoints and config.train.lr == 0.001
