@@ -45,7 +45,7 @@ from merlib.augment import (draw_affine, draw_affines, warp_clips, warp_frames, 
                             warp_points_batch, warp_sides, warp_sides_batch)
 from merlib.config import (CLASSES, ModelConfig, RunConfig, TrainConfig, atomic_write_text,
                            config_changes, save_config, to_jsonable)
-from merlib.model import MERNet
+from merlib.model import IMAGE_SIZE, MERNet
 from merlib.weights import vgg16_features
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
@@ -86,7 +86,7 @@ class ClipSet:
         return _read_clip(self.files[i], self.meta.iloc[i], frames_only=True)
 
 
-FRAME_SHAPE = (224, 224, 3)
+FRAME_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def _read_clip(file: str, row, *, key: int = 24, frames_only: bool = False):
@@ -284,42 +284,29 @@ class MapInputs:
 
 def input_moments(maps: Maps, inputs: str) -> np.ndarray | None:
     """Per clip, the sums a fold fits :class:`MapInputs` from: (N, 3, 2, C) float64 with count,
-    sum and sum of squares at the 28×28 and 14×14 levels; C = 1 for ``onset_delta`` (frame −
-    onset frame, all cells and channels) and 512 for ``channel_norm`` (the maps per channel).
-    Summed over a fold's training clips they give its statistics without the test subject."""
+    sum and sum of squares at the 28×28 and 14×14 levels. ``onset_delta``: C = 1, over (frame −
+    onset frame) of every view, frame, channel and cell; ``channel_norm``: C = 512, the maps per
+    channel. Summed over a fold's training clips they give its statistics without the test
+    subject."""
     if inputs == "frames":
         return None
-    if inputs == "onset_delta":
-        return delta_moments(maps)[..., None]
-    levels = [maps.f28, maps.f14]
-    out = np.zeros((maps.f28.shape[0], 3, 2, maps.f28.shape[3]))
+    channels = maps.f28.shape[3] if inputs == "channel_norm" else 1
+    out = np.zeros((maps.f28.shape[0], 3, 2, channels))
     for i in range(maps.f28.shape[0]):
-        for j, f in enumerate(levels):
+        for j, f in enumerate([maps.f28, maps.f14]):
             if f is None:
                 out[i, 0, j] = 1.0
                 continue
-            for view in f[i]:  # one view at a time: float64 copies of all views are GBs
-                d = view.double().transpose(0, 1).flatten(1)  # (C, T·H·W)
-                out[i, 0, j] += d.shape[1]
-                out[i, 1, j] += d.sum(1).numpy()
-                out[i, 2, j] += d.square().sum(1).numpy()
-    return out
-
-
-def delta_moments(maps: Maps) -> np.ndarray:
-    """Per clip: count, sum and sum of squares of (frame − onset frame) over all views, frames and
-    map cells, for the 28×28 and 14×14 maps: (N, 3, 2) float64. Summed over a fold's training
-    clips they give that fold's standard deviation without touching the test subject."""
-    levels = [maps.f28, maps.f14]
-    out = np.zeros((maps.f28.shape[0], 3, 2))
-    for i in range(maps.f28.shape[0]):
-        for j, f in enumerate(levels):
-            if f is None:
-                out[i, 0, j] = 1.0
-                continue
-            d = f[i].float()
-            d = (d[:, 1:] - d[:, :1]).double()  # frame 0's difference is 0 by construction
-            out[i, :, j] = (d.numel(), d.sum().item(), d.square().sum().item())
+            for view in f[i]:  # (T, C, H, W); one view at a time: float64 copies of all are GBs
+                if inputs == "onset_delta":
+                    d = view.float()
+                    d = (d[1:] - d[:1]).double()  # frame 0's difference is 0 by construction
+                    out[i, :, j, 0] += (d.numel(), d.sum().item(), d.square().sum().item())
+                else:
+                    d = view.double().transpose(0, 1).flatten(1)  # (C, T·H·W)
+                    out[i, 0, j] += d.shape[1]
+                    out[i, 1, j] += d.sum(1).numpy()
+                    out[i, 2, j] += d.square().sum(1).numpy()
     return out
 
 
@@ -457,12 +444,17 @@ def oom_hint(device: torch.device, cfg: TrainConfig):
             f"fold is kept; the run resumes at this one). {exc}") from exc
 
 
+def _autocast(device: torch.device, cfg: TrainConfig) -> torch.autocast:
+    """bf16 autocast on CUDA (when ``cfg.bf16``); a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+
+
 def optimizer_step(forward, y: torch.Tensor, opt: torch.optim.Optimizer, device: torch.device,
                    cfg: TrainConfig) -> float:
     """One Adam step on the cross-entropy of ``forward()``'s logits (bf16 autocast on CUDA);
     the batch's mean loss."""
     with oom_hint(device, cfg):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
+        with _autocast(device, cfg):
             logits = forward()
         loss = nn.functional.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -604,23 +596,27 @@ def train_one_epoch_stream(ctx: StreamContext, opt: torch.optim.Optimizer, label
 def evaluate_stream(ctx: StreamContext, idx: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """Class probabilities of ``idx``, unaugmented, in order."""
     ctx.model.eval()
-    autocast = ctx.device.type == "cuda" and cfg.bf16
     out = []
     for frames, b in clip_loader(ctx.clips, idx, cfg, ctx.device):
         x, centres, sides = stream_batch(ctx, frames, b, cfg, None)
-        with oom_hint(ctx.device, cfg), torch.autocast(ctx.device.type, dtype=torch.bfloat16,
-                                                        enabled=autocast):
+        with oom_hint(ctx.device, cfg), _autocast(ctx.device, cfg):
             logits = _stream_logits(ctx.model, x, centres, sides)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy()
 
 
+def _start_fold(ctx: ModelContext, cfg: TrainConfig, seed: int) -> tuple[TrainConfig, torch.optim.Adam]:
+    """Seeds, the model back at the run's initial weights (every fold starts from the same),
+    and a fresh optimiser: the fold's config and optimiser."""
+    _seed_all(seed)
+    ctx.model.load_state_dict(ctx.init_state)
+    fold_cfg = dataclasses.replace(cfg, seed=seed)
+    return fold_cfg, make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
+
+
 def _stream_probs(ctx: StreamContext, cfg: TrainConfig, labels: np.ndarray, train_idx: np.ndarray,
                   test_idx: np.ndarray, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
-    _seed_all(seed)
-    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
-    fold_cfg = dataclasses.replace(cfg, seed=seed)
-    opt = make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
+    fold_cfg, opt = _start_fold(ctx, cfg, seed)
     loader = clip_loader(ctx.clips, train_idx, cfg, ctx.device, np.random.default_rng(seed), seed)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)  # the augmentation draws
     y = torch.as_tensor(labels)
@@ -769,11 +765,8 @@ def _baseline_probs(ctx: BaselineContext, cfg: TrainConfig, labels: np.ndarray,
 
 def _mernet_probs(ctx: FoldContext, cfg: TrainConfig, labels: np.ndarray, train_idx: np.ndarray,
                   test_idx: np.ndarray, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
-    _seed_all(seed)
-    ctx.model.load_state_dict(ctx.init_state)  # every fold starts from the same initial weights
+    fold_cfg, opt = _start_fold(ctx, cfg, seed)
     inputs = MapInputs.fit(ctx.moments, train_idx, cfg.inputs)  # training subjects only
-    fold_cfg = dataclasses.replace(cfg, seed=seed)
-    opt = make_optimizer(param_groups(ctx.model, fold_cfg), fold_cfg)
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(labels)
     losses = [train_one_epoch(ctx, opt, y, train_idx, fold_cfg, inputs, rng)
