@@ -28,7 +28,8 @@ import torch
 from sklearn.model_selection import LeaveOneGroupOut
 
 import merlib.baselines as bl
-from merlib.config import CLASSES, make_run_config
+from merlib.options import make_run_config
+from merlib.registry import CLASSES, label_ids
 from merlib.experiment import prepare
 from merlib.metrics import compute_metrics
 
@@ -74,7 +75,7 @@ def main() -> None:
             t_feat = time.perf_counter() - t0
             for r in failed.itertuples():
                 print(f"  FAILED {name} {r.subject}/{r.clip}: {r.reason}")
-            y = meta["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+            y = label_ids(meta["label"]).to_numpy(np.int64)
             groups = meta["subject"].to_numpy()
             proba, t_fit, n_folds = loso(name, X, y, groups, seed=args.seed, epochs=epochs[name])
             scores = compute_metrics(y, proba.argmax(1))

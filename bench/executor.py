@@ -23,10 +23,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from merlib.config import ExecutorConfig, Paths, make_run_config
-from merlib.executors import available_cores, cpu_threads, visible_gpus
+from merlib.clips import load_clipset
+from merlib.config import ExecutorConfig, Paths
+from merlib.devices import available_cores, cpu_threads, visible_gpus
 from merlib.experiment import prepare, train
-from merlib.train import PROB_COLUMNS, build_context, load_clipset
+from merlib.loso import PROB_COLUMNS, build_context
+from merlib.options import make_run_config
 
 
 def timed_run(config, prepared, out: Path, paths: Paths) -> dict:
@@ -55,12 +57,12 @@ def main() -> None:
 
     paths = Paths.from_env()
     base = make_run_config(synth_preset=args.preset, profile="quick", blocks=args.blocks,
-                           device="cpu")
+                           overrides={"train.device": "cpu"})
     prepared = prepare(base, paths=paths, progress=False)
     clips = load_clipset(prepared.manifest, args.blocks)
     t0 = time.perf_counter()
-    build_context(clips, base, maps_dir=prepared.cache_dir / "maps", prep_key=prepared.prep.key(),
-                  progress=False)  # warm the frozen maps cache: not part of either timing
+    build_context(base, clips=clips, maps_dir=prepared.cache_dir / "maps",
+                  prep_key=prepared.prep.key())  # warm the frozen maps cache: not part of either timing
     print(f"{base.data.name}, {base.run_name()}: {len(clips)} clips, "
           f"{clips.meta['subject'].nunique()} LOSO folds; maps cache ready in "
           f"{time.perf_counter() - t0:.0f} s; {available_cores()} cores, torch "

@@ -36,12 +36,13 @@ def _child(args: argparse.Namespace) -> None:
     import resource
 
     from merlib.config import RunConfig
-    from merlib.train import build_context, load_clipset, run_fold
+    from merlib.clips import load_clipset
+    from merlib.loso import build_context, run_fold
 
     config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
     manifest = pd.read_csv(args.manifest, dtype={"subject": str, "clip": str})
     clips = load_clipset(manifest, config.train.blocks, frames=not config.train.stream)
-    ctx = build_context(clips, config)
+    ctx = build_context(config, clips=clips)
     for fold in range(args.folds):
         run_fold(config, fold, args.out, context=ctx)
     print(json.dumps({"clips": len(clips), "subjects": int(clips.meta["subject"].nunique()),
@@ -113,7 +114,7 @@ def main() -> None:
     if args.child:
         return _child(args)
 
-    from merlib.config import make_run_config
+    from merlib.options import make_run_config
     from merlib.experiment import prepare
 
     config = make_run_config(synth_preset=args.preset, profile="paper", blocks=args.blocks,
@@ -126,7 +127,7 @@ def main() -> None:
     if args.batch > smallest:
         raise SystemExit(f"--batch {args.batch} exceeds the {smallest} training clips of the smaller "
                          f"run's largest held-out subject: its steps would be partial batches")
-    print(f"{prepared.spec.name}: paper path on the CPU ({config.train.weights} VGG16, "
+    print(f"{config.data.name}: paper path on the CPU ({config.train.weights} VGG16, "
           f"{config.train.epochs} epoch(s), {args.blocks} IBs, batch {config.train.batch_size}, "
           f"{args.workers} loader workers), the first {args.folds} LOSO fold(s) per size", flush=True)
     rows = []

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from merlib import report
-from merlib.config import SynthConfig
-from merlib.datasets.resolve import load_index, resolve
+from merlib.config import DataConfig
+from merlib.experiment import data_root, load_index
 from merlib.preprocess.cache import summary
 from merlib.preprocess.recipe import STEPS, PreprocessConfig
 from merlib.preprocess.workers import run
@@ -38,11 +38,12 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    spec = resolve("synthme", synth=SynthConfig(preset=args.preset, seed=args.seed, layout="casme2"))
+    data = DataConfig(preset=args.preset, seed=args.seed, layout="casme2")
+    root = data_root(data)
     t_data = time.perf_counter() - t0
-    index = load_index(spec)
+    index = load_index(data, root)
     usable = int(index["status"].eq("ok").sum())
-    print(f"data: {spec.root} ({len(index)} clips, {usable} usable; ready in {t_data:.1f} s)")
+    print(f"data: {root} ({len(index)} clips, {usable} usable; ready in {t_data:.1f} s)")
 
     cache = Path(tempfile.mkdtemp(prefix="merlib-bench-"))
     try:
@@ -81,7 +82,7 @@ def main() -> None:
           f"{'met' if per_clip * CASME2_CLIPS <= TARGET_S else 'NOT met'})"
           + ("" if n >= CASME2_CLIPS else "; an extrapolation, not a measurement"))
 
-    truth = report.usable(manifest, groundtruth_root=spec.root)  # the apex report's scoring
+    truth = report.usable(manifest, groundtruth_root=root)  # the apex report's scoring
     g = truth[truth["gt_abs_err"].notna()]
     if len(g):
         print(f"\ndetected apex vs SynthME ground truth over {len(g)} clips: mean |error| "

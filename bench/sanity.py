@@ -29,9 +29,11 @@ import pandas as pd
 
 import dataclasses
 
-from merlib.config import CLASSES, INPUTS, Paths, make_run_config
+from merlib.config import Paths
+from merlib.options import make_run_config
+from merlib.registry import CLASSES, INPUTS
 from merlib.experiment import Run, prepare, run_dir, train
-from merlib.report import write_table
+from merlib.report.provenance import write_table
 from merlib.synth.calibration import chance_uf1
 
 

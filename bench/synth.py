@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from merlib import synth  # noqa: E402
+from merlib import synth
 
 
 def _size(root: Path) -> tuple[int, int]:

@@ -35,8 +35,9 @@ import torch
 
 from merlib.config import PROFILES, RunConfig
 from merlib.flops import analytic_flops
-from merlib.train import (ClipSet, build_context, clip_loader, evaluate_stream, make_optimizer,
-                          param_groups, run_fold, train_one_epoch_stream)
+from merlib.clips import ClipSet, clip_loader
+from merlib.loso import build_context, run_fold
+from merlib.train import evaluate_stream, make_optimizer, param_groups, train_one_epoch_stream
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s.
 DATASHEET_BF16 = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.5, "H100": 989.4,
@@ -101,7 +102,7 @@ def measure(blocks: int, clips: ClipSet, args: argparse.Namespace, device: torch
     config = RunConfig(train=train)
     k = max(blocks, 1)
     sub = dataclasses.replace(clips, centres=clips.centres[:, :, :k], sides=clips.sides[:, :, :k])
-    ctx = build_context(sub, config)
+    ctx = build_context(config, clips=sub)
     idx = np.arange(len(sub))
     opt = make_optimizer(param_groups(ctx.model, train), train)
     loader = clip_loader(sub, idx, train, device, np.random.default_rng(0))

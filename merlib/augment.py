@@ -50,13 +50,6 @@ def warp_sides(sides: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.asarray(sides, dtype=np.float64) * np.sqrt(abs(np.linalg.det(affine[:, :2])))
 
 
-def augment_clip(frames: np.ndarray, centres: np.ndarray, sides: np.ndarray,
-                 rng: np.random.Generator, cfg: AugmentConfig):
-    """The same draw for all frames and their points; returns (frames, centres, sides, affine)."""
-    affine = draw_affine(rng, cfg)
-    return warp_frames(frames, affine), warp_points(centres, affine), warp_sides(sides, affine), affine
-
-
 # --------------------------------------------------------------------------- batched, on the device
 # The paper profile draws a fresh rotation and crop for every clip of every step (Sec. 4.4); these
 # do it for a whole batch on the batch's device. Same geometry as the numpy functions above.

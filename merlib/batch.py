@@ -5,16 +5,19 @@ Executed copies go to ``runs/<run>/``; the notebooks themselves write ``tables/<
 (``synthme-demo-casme2-seed0``). Work the notebooks do is cached (SynthME, preprocessing, per-fold training),
 so a rerun after an interruption resumes instead of starting over.
 
-The notebooks' parameters are the flat options of :func:`merlib.config.make_run_config` (the same
-names as ``merlib train``'s flags), so a notebook and the command line build the same RunConfig.
+The notebooks' parameters are the run options of :mod:`merlib.options` (the same names as
+``merlib train``'s flags), so a notebook and the command line build the same RunConfig.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from merlib.config import NETS, VARIANT_ORDER, ExecutorConfig, Paths, make_run_config, project_root
+from merlib.config import ExecutorConfig, Paths, RunConfig, project_root
+from merlib.options import for_notebooks, make_run_config
+from merlib.registry import BASELINES, VARIANT_ORDER
 
 KERNEL = "merlib"
 TRAINING_PREFIX = "04"
@@ -33,24 +36,32 @@ def jobs(selected: list[Path]):
         if nb.name.startswith(TRAINING_PREFIX):
             for k in VARIANT_ORDER:
                 yield nb, {"blocks": k}, f"{nb.stem}-blocks{k}.ipynb"
-            for net in NETS[1:]:
+            for net in BASELINES:
                 yield nb, {"model": net}, f"{nb.stem}-{net}.ipynb"
         else:
             yield nb, {}, nb.name
+
+
+def training_runs(config: RunConfig):
+    """(name, config) of every run notebook 04 trains: the variants, then the baselines."""
+    for k in VARIANT_ORDER:
+        yield f"blocks={k}", config.variant(k)
+    for net in BASELINES:
+        yield net, dataclasses.replace(config, train=dataclasses.replace(config.train, net=net))
 
 
 def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = None,
         kernel: str = KERNEL, executor: ExecutorConfig | None = None) -> list[Path]:
     """Execute the notebooks in order with ``parameters``; stop at the first failure.
 
-    With an ``executor`` other than local, every variant's folds are trained on it first, here
-    (notebooks never start clusters); notebook 04 then finds them finished and pools them."""
-    import dataclasses
-
+    With an ``executor`` other than local, the folds of every variant and baseline are trained on
+    it first, here (notebooks never start clusters); notebook 04 then finds them finished and
+    pools them."""
     import papermill as pm
 
     paths = paths or Paths.from_env()
     config = make_run_config(**parameters)  # refuses bad options before any notebook starts
+    parameters = for_notebooks(parameters)
     out_dir = paths.runs_for(config.data.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not only or nb.name[:2] in only]
@@ -61,11 +72,10 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
         from merlib.experiment import prepare, train
 
         prepared = prepare(config, paths=paths)
-        for k in VARIANT_ORDER:
-            variant = dataclasses.replace(config.variant(k), executor=executor)
-            print(f"[merlib reproduce] {config.data.name} blocks={k}: folds on {executor.kind}",
+        for what, run in training_runs(config):
+            print(f"[merlib reproduce] {config.data.name} {what}: folds on {executor.kind}",
                   file=sys.stderr, flush=True)
-            train(variant, prepared=prepared, paths=paths)
+            train(dataclasses.replace(run, executor=executor), prepared=prepared, paths=paths)
     done = []
     for nb, extra, out_name in jobs(selected):
         t0 = time.time()

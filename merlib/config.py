@@ -21,21 +21,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-DATASETS = ("casme2", "samm", "smic", "megc", "synthme")
-SOURCES = ("casme2", "samm", "smic")
-CLASSES = ("negative", "positive", "surprise")  # label_id order: 0, 1, 2
-# The paper's three variants, in its Table 5 order (number of identification blocks -> name).
-VARIANTS = {0: "Without IBs", 24: "24 IBs", 10: "10 IBs"}
-VARIANT_ORDER = tuple(VARIANTS)
-# How the identification points read the landmarks (DECISIONS.md): the paper's printed reading on
-# the 72 points (default), the same on dlib's 68-point numbering, and gACNN's own converter.
-SCHEMES = ("fr72", "dlib68", "gacnn24")
-APEX_SOURCES = ("annotated", "detected")
-INPUTS = ("frames", "onset_delta", "channel_norm")
+from merlib.files import atomic_write_text
+from merlib.registry import (APEX_SOURCES, DATASETS, EXECUTORS, INPUTS, NETS, SCHEMES,
+                             SYNTH_LAYOUTS, SYNTH_PRESETS, VARIANT_ORDER)
+
+# The training profiles (``PROFILES`` below holds their settings), the CPU one first.
 PROFILE_NAMES = ("quick", "paper")
-# The paper's network, and the baselines trained under the same protocol (Table 6, measured).
-NETS = ("mernet", "lbptop-svm", "ststnet", "off-apexnet")
-EXECUTORS = ("local", "dask", "slurm")
 
 
 def project_root() -> Path:
@@ -128,7 +119,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check("dataset", self.dataset, DATASETS)
-        if self.dataset != "synthme" and not self.root:
+        if self.dataset == "synthme":
+            _check("SynthME preset", self.preset, SYNTH_PRESETS)
+            _check("SynthME layout", self.layout, SYNTH_LAYOUTS)
+        elif not self.root:
             raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root): the "
                              f"licensed datasets are not shipped with merlib")
 
@@ -147,7 +141,7 @@ class DataConfig:
     @property
     def loader(self) -> str:
         """The on-disk format read: the dataset's own, or SynthME's layout."""
-        return self.layout if self.dataset == "synthme" else self.dataset
+        return self.layout if self.dataset == "synthme" else DATASETS[self.dataset].loader
 
 
 @dataclass(frozen=True)
@@ -244,15 +238,16 @@ class TrainConfig:
     #                            | channel_norm (maps standardised per channel; a tested candidate)
     gia_fc_lr: float = 0.0     # learning rate of GIA's 51 M-parameter τ_g FC; 0: the same as lr
     augment: AugmentConfig = AugmentConfig()
-    ststnet_epochs: int = 800       # the baselines' epochs; the references' by default
-    off_apexnet_epochs: int = 3000  # (merlib.baselines, docs/DECISIONS.md "Baselines")
+    baseline_epochs: int = 0   # a baseline's epochs; 0: its reference schedule, or under quick
+    #                            its shorter quick_epochs (merlib.registry.BASELINES)
 
     def __post_init__(self) -> None:
         _check("profile", self.profile, PROFILE_NAMES)
         _check("net", self.net, NETS)
         _check("inputs", self.inputs, INPUTS)
         _check("blocks", self.model.blocks, VARIANT_ORDER)
-        if self.epochs < 1 or self.batch_size < 1 or self.views < 1 or self.loader_workers < 0:
+        if (self.epochs < 1 or self.batch_size < 1 or self.views < 1 or self.loader_workers < 0
+                or self.baseline_epochs < 0):
             raise ValueError(f"epochs, batch_size and views must be >= 1 and loader_workers >= 0 "
                              f"in {self}")
         if self.stream and self.inputs != "frames":
@@ -283,10 +278,10 @@ PROFILES = {
     # "What quick can show"). Not the paper's input: labelled so. Checkpoints are not kept: 30
     # folds of a demo run would take ~4 GB.
     # The baseline nets' reference schedules take ~200 s (STSTNet) and ~50 min (OFF-ApexNet) per
-    # demo LOSO on 2 cores: quick trains them shorter, and labels their rows quick too.
+    # demo LOSO on 2 cores: quick trains them shorter (each baseline's quick_epochs in
+    # merlib.registry), and labels their rows quick too.
     "quick": TrainConfig(profile="quick", epochs=5, views=1, weights="auto", checkpoints=False,
-                         inputs="onset_delta", model=ModelConfig(freeze_gia_convs=True),
-                         ststnet_epochs=100, off_apexnet_epochs=25),
+                         inputs="onset_delta", model=ModelConfig(freeze_gia_convs=True)),
 }
 
 
@@ -391,34 +386,6 @@ def config_changes(saved: dict, now: dict) -> list[str]:
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def make_run_config(*, dataset: str = "synthme", data_root: str | None = "",
-                    synth_preset: str = "tiny", synth_layout: str = "casme2", synth_seed: int = 0,
-                    apex: str = "annotated", scheme: str = "fr72", profile: str = "quick",
-                    blocks: int = 10, epochs: int | None = None, weights: str | None = None,
-                    inputs: str | None = None, train_seed: int | None = None,
-                    shuffle_labels: bool = False, device: str | None = None,
-                    keep_checkpoints: bool | None = None, model: str = "mernet",
-                    executor: ExecutorConfig | None = None,
-                    overrides: dict[str, object] | None = None) -> RunConfig:
-    """The run configuration from flat options: the names of ``merlib train``'s flags and of the
-    notebooks' parameters. ``None`` / 0 / "" keeps the profile's own value. ``overrides`` sets
-    any other field by its dotted name (``{"train.lr": 1e-3}``; ``merlib train --set``)."""
-    _check("profile", profile, PROFILE_NAMES)
-    data = DataConfig(dataset=dataset, root=str(data_root or ""), preset=synth_preset,
-                      layout=synth_layout, seed=synth_seed)
-    prep = PreprocessConfig(apex=apex_for(data.loader, apex), scheme=scheme)
-    base = PROFILES[profile]
-    extra = dict(overrides or {})
-    overrides = {k: v for k, v in {"epochs": epochs or None, "weights": weights or None,
-                                   "inputs": inputs or None, "seed": train_seed,
-                                   "device": device or None,
-                                   "checkpoints": keep_checkpoints}.items() if v is not None}
-    train = dataclasses.replace(base, model=dataclasses.replace(base.model, blocks=blocks),
-                                net=model, shuffle_labels=bool(shuffle_labels), **overrides)
-    config = RunConfig(data, prep, train, executor or ExecutorConfig())
-    return with_overrides(config, extra) if extra else config
-
-
 def with_overrides(config: RunConfig, overrides: dict[str, object]) -> RunConfig:
     """``config`` with fields set by dotted name; a value given as text is read as JSON when it
     parses (``1e-3``, ``true``, ``[128, 64]``), else kept as text. Unknown names are refused."""
@@ -473,16 +440,6 @@ def to_jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename, so a killed run
-    leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def save_config(path: Path, **configs) -> Path:

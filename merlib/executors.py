@@ -1,16 +1,18 @@
-"""LOSO folds as tasks on other engines (DESIGN §6b): ``dask.distributed`` and SLURM via submitit.
+"""LOSO folds as tasks on other engines (docs/DESIGN.md, "Where folds run"): ``dask.distributed``
+and SLURM via submitit.
 
-:func:`merlib.train.run_loso` plans a run once on the driver (resume check, ``config.json``, the
+``merlib.loso.run_loso`` plans a run once on the driver (resume check, ``config.json``, the
 frozen maps cache, ``plan.json``) and, for an executor other than ``local``, hands the unfinished
-fold numbers to :func:`run_folds`. Each task calls :func:`merlib.train.run_fold`, which writes the
-fold's files atomically (``predictions.csv`` last), so a retried or duplicated fold is harmless;
-the driver pools from the files afterwards.
+fold numbers and the task that runs one (``merlib.loso.fold_task``) to :func:`run_folds`. The
+task writes the fold's files atomically (``predictions.csv`` last), so a retried or duplicated
+fold is harmless; the driver pools from the files afterwards. This module knows nothing of
+training: it places tasks, checks storage and reports failures.
 
 - ``dask``: without a scheduler address, a cluster on this machine: one worker process per
   visible GPU (``CUDA_VISIBLE_DEVICES`` pinned per worker), or ``workers`` CPU workers with the
   cores split between them. With ``scheduler``, an existing cluster (``dask scheduler`` /
   ``dask worker`` started by the user). One task per fold, two retries; a worker keeps the loaded
-  clips, maps and model across the folds it runs.
+  run across the folds it runs.
 - ``slurm``: one submitit array job per call (one variant), a task per fold.
 
 Workers never preprocess: they read the plan's manifest, clip files and maps cache, which must be
@@ -18,137 +20,25 @@ on storage every worker sees at the same path (checked before anything is submit
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from merlib.config import ExecutorConfig, RunConfig
+from merlib.devices import available_cores, cpu_threads, visible_gpus
 
 # The submitit cluster a ``slurm`` executor submits to; tests use "debug" (runs in-process).
 SUBMITIT_CLUSTER = "slurm"
 SLURM_LOG_DIR = "slurm-logs"
+# A fold task: (config dict, fold, run folder, threads, cache the loaded run) -> its status.
+Task = Callable[..., dict]
 
 
 class WorkersCannotSeeRun(RuntimeError):
     """A worker cannot read the run folder or the preprocessed data the plan names."""
-
-
-# --------------------------------------------------------------------------- threads
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask SLURM and containers set), else all."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_threads(workers: int = 1, cores: int | None = None) -> int:
-    """Torch intra-op threads for each of ``workers`` fold processes sharing ``cores``.
-
-    The number of threads can change the last bits of CPU float sums, so two runs give
-    byte-identical predictions only with the same count: the ``local`` executor uses
-    ``cpu_threads(1)`` (every core), a dask LocalCluster of N CPU workers ``cpu_threads(N)``."""
-    cores = available_cores() if cores is None else cores
-    return max(1, cores // max(1, workers))
-
-
-# --------------------------------------------------------------------------- the task
-
-# A worker's loaded run: {(run_dir, config identity): FoldContext}. One entry at most, so a
-# long-lived worker that runs variant after variant holds one dataset's maps, not all of them.
-_CONTEXTS: dict = {}
-
-
-def _context_key(config: RunConfig, run_dir: Path) -> tuple[str, str]:
-    return str(Path(run_dir).resolve()), json.dumps(config.identity(), sort_keys=True)
-
-
-def _fold_task(config_dict: dict, fold: int, run_dir: str, threads: int | None = None,
-               cache: bool = True) -> dict:
-    """One fold on a worker: the run's context (loaded once per worker when ``cache``), then
-    :func:`merlib.train.run_fold`. ``threads``: torch intra-op threads; ``None`` splits this
-    process's cores between the worker's task slots."""
-    import torch
-
-    from merlib.train import load_context, run_fold
-
-    config = RunConfig.from_dict(config_dict)
-    run_dir = Path(run_dir)
-    key = _context_key(config, run_dir)
-    ctx = _CONTEXTS.get(key) if cache else None
-    before = torch.get_num_threads()
-    try:
-        if ctx is None:
-            ctx = load_context(config, run_dir)
-            _check_weights(getattr(ctx, "weights_tag", None), run_dir)  # baselines: none
-            if cache:
-                _CONTEXTS.clear()
-                _CONTEXTS[key] = ctx
-        if ctx.device.type == "cpu":
-            torch.set_num_threads(threads or cpu_threads(_task_slots()))
-        status = run_fold(config, fold, run_dir, context=ctx)
-    finally:
-        if not cache:  # in-process (submitit debug): leave the caller's setting as it was
-            torch.set_num_threads(before)
-    return {**status, "host": os.uname().nodename, "pid": os.getpid()}
-
-
-def _forget_contexts() -> None:
-    _CONTEXTS.clear()
-
-
-def _task_slots() -> int:
-    """How many tasks this process runs at once: a dask worker's threads, else 1."""
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return 1
-
-
-def _check_weights(tag: str | None, run_dir: Path) -> None:
-    """A worker whose VGG16 weights differ from the driver's (``weights=auto`` falling back to
-    random where the ImageNet file is missing) would train another model: refuse."""
-    if tag is None:
-        return
-    saved = json.loads((run_dir / "config.json").read_text()).get("weights_used")
-    if saved and saved != tag:
-        raise RuntimeError(f"this worker resolved the VGG16 weights to {tag!r} but the run was "
-                           f"planned with {saved!r}: put the same weights file in every worker's "
-                           f"MERLIB_CACHE / torch hub cache (merlib weights) or pass --weights")
-
-
-# --------------------------------------------------------------------------- the plan
-
-def read_plan(run_dir: Path) -> dict:
-    from merlib.train import PLAN_FILE
-
-    plan = json.loads((Path(run_dir) / PLAN_FILE).read_text())
-    if not plan.get("manifest"):
-        raise ValueError(f"{Path(run_dir) / PLAN_FILE} names no preprocessing manifest: a run "
-                         f"planned from clips in memory can only use the local executor")
-    return plan
-
-
-def shared_paths(run_dir: Path, plan: dict) -> list[str]:
-    """What every worker must see: the run folder, the manifest, one clip file it lists, and
-    the maps cache file (the paper's model) or the features folder (a baseline)."""
-    from merlib.preprocess.cache import load_manifest
-
-    paths = [str(Path(run_dir).resolve()), plan["manifest"]]
-    ok = load_manifest(plan["manifest"])
-    ok = ok[ok["status"] == "ok"]
-    if len(ok):
-        paths.append(str(ok["file"].iloc[0]))
-    for key in ("maps_file", "features_dir"):
-        if plan.get(key):
-            paths.append(plan[key])
-    return paths
 
 
 def _missing(paths: list[str]) -> list[str]:
@@ -171,16 +61,6 @@ def check_visible(client, paths: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- dask
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
 
 def local_worker_plan(ex: ExecutorConfig, device: str, gpus: list[str], cores: int) -> dict:
     """How a LocalCluster is laid out: a worker per GPU (``workers`` > 0 caps the count), or
@@ -215,8 +95,9 @@ def _start_local_cluster(layout: dict):
         "cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}})
 
 
-def _run_dask(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *, progress: bool,
-              timeout_s: float | None, threads: int | None) -> list[dict]:
+def _run_dask(task: Task, config: RunConfig, run_dir: Path, todo: list[int], *, shared: list[str],
+              subjects: dict[int, str], progress: bool, timeout_s: float | None,
+              threads: int | None, cleanup: Callable[[], None] | None) -> list[dict]:
     import dask
     from distributed import Client, as_completed
 
@@ -235,8 +116,7 @@ def _run_dask(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *, 
             threads = threads or layout["threads"]
         try:
             client.wait_for_workers(layout["n"] if cluster is not None else 1, timeout=120)
-            check_visible(client, shared_paths(run_dir, plan))
-            task = _fold_task  # looked up at call time, so a test can swap in a failing one
+            check_visible(client, shared)
             futures = {client.submit(task, config.to_dict(), fold, str(run_dir), threads,
                                      key=f"merlib-fold-{fold:03d}-{os.getpid()}-{time.time_ns()}",
                                      pure=False, retries=2): fold for fold in todo}
@@ -258,20 +138,17 @@ def _run_dask(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *, 
                     fut.cancel()
             if failed:
                 raise RuntimeError("LOSO folds failed on dask after retries: " + "; ".join(
-                    f"fold {f} ({_subject(plan, f)}): {err}" for f, err in sorted(failed.items())))
+                    f"fold {f} ({subjects.get(f, '?')}): {err}" for f, err in sorted(failed.items())))
             return sorted(statuses, key=lambda s: s["fold"])
         finally:
             try:  # free the workers' loaded run (a worker holding one also exits slowly)
-                client.run(_forget_contexts)
+                if cleanup is not None:
+                    client.run(cleanup)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
             client.close()
             if cluster is not None:
                 cluster.close()
-
-
-def _subject(plan: dict, fold: int) -> str:
-    return next((f["subject"] for f in plan.get("folds", []) if f["fold"] == fold), "?")
 
 
 # --------------------------------------------------------------------------- slurm
@@ -289,15 +166,16 @@ def slurm_parameters(ex: ExecutorConfig, *, name: str = "merlib") -> dict:
     return params
 
 
-def _run_slurm(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *, progress: bool,
-               timeout_s: float | None, threads: int | None, cluster: str) -> list[dict]:
+def _run_slurm(task: Task, config: RunConfig, run_dir: Path, todo: list[int], *,
+               subjects: dict[int, str], progress: bool, timeout_s: float | None,
+               threads: int | None, cluster: str) -> list[dict]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=run_dir / SLURM_LOG_DIR, cluster=cluster)
     executor.update_parameters(**slurm_parameters(
         config.executor, name=f"merlib-{config.data.name}-{config.run_name()}"[:120]))
     n = len(todo)
-    jobs = executor.map_array(_fold_task, [config.to_dict()] * n, list(todo), [str(run_dir)] * n,
+    jobs = executor.map_array(task, [config.to_dict()] * n, list(todo), [str(run_dir)] * n,
                               [threads] * n, [False] * n)
     pending = dict(zip(jobs, todo))
     statuses, failed = [], {}
@@ -329,7 +207,7 @@ def _run_slurm(config: RunConfig, run_dir: Path, todo: list[int], plan: dict, *,
         bar.close()
     if failed:
         raise RuntimeError("LOSO folds failed on SLURM: " + "; ".join(
-            f"fold {f} ({_subject(plan, f)}): {_last_line(e)} (logs: {job.paths.stdout}, "
+            f"fold {f} ({subjects.get(f, '?')}): {_last_line(e)} (logs: {job.paths.stdout}, "
             f"{job.paths.stderr})" for f, (job, e) in sorted(failed.items())))
     return sorted(statuses, key=lambda s: s["fold"])
 
@@ -342,30 +220,34 @@ def _last_line(err: BaseException) -> str:
 
 # --------------------------------------------------------------------------- entry point
 
-def run_folds(config: RunConfig, run_dir: str | Path, todo: list[int], *, progress: bool = True,
-              threads: int | None = None, timeout_s: float | None = None,
-              cluster: str | None = None) -> list[dict]:
-    """Run folds ``todo`` of the run planned in ``run_dir`` on ``config.executor`` and return
-    their statuses ({fold, subject, state, seconds, host, pid}) in fold order.
+def run_folds(task: Task, config: RunConfig, run_dir: str | Path, todo: list[int], *,
+              shared: list[str] = (), subjects: dict[int, str] | None = None,
+              progress: bool = True, threads: int | None = None, timeout_s: float | None = None,
+              cluster: str | None = None, cleanup: Callable[[], None] | None = None) -> list[dict]:
+    """Run ``task(config_dict, fold, run_dir, threads, cache)`` for folds ``todo`` of the run
+    planned in ``run_dir`` on ``config.executor``; their statuses ({fold, subject, state,
+    seconds, host, pid}) in fold order.
 
-    ``threads``: torch intra-op threads per CPU fold (default: a dask LocalCluster splits the
-    cores, ``cpu_threads(workers)``; a worker of an existing scheduler or a SLURM job uses the
-    cores it has). ``timeout_s`` bounds the wait for all folds (tests). ``cluster``: submitit's
-    cluster for ``slurm`` (default :data:`SUBMITIT_CLUSTER`; "debug" runs jobs in this process).
-    Raises naming the failed folds (and their SLURM logs) when any fails after its retries."""
+    ``shared``: paths every worker must see (checked on dask before anything is submitted);
+    ``subjects``: fold -> held-out subject, for messages. ``threads``: torch intra-op threads
+    per CPU fold (default: a dask LocalCluster splits the cores, ``cpu_threads(workers)``; a
+    worker of an existing scheduler or a SLURM job uses the cores it has). ``timeout_s`` bounds
+    the wait for all folds (tests). ``cluster``: submitit's cluster for ``slurm`` (default
+    :data:`SUBMITIT_CLUSTER`; "debug" runs jobs in this process). ``cleanup`` runs on every dask
+    worker at the end (frees a loaded run). Raises naming the failed folds (and their SLURM
+    logs) when any fails after its retries."""
     kind = config.executor.kind
     if kind == "local":
         raise ValueError("run_folds runs folds on dask or slurm; the local executor runs them "
-                         "in-process in merlib.train.run_loso")
+                         "in-process in merlib.loso.run_loso")
     run_dir = Path(run_dir).resolve()
     if not todo:
         return []
-    plan = read_plan(run_dir)
+    subjects = subjects or {}
     if kind == "dask":
-        return _run_dask(config, run_dir, list(todo), plan, progress=progress,
-                         timeout_s=timeout_s, threads=threads)
+        return _run_dask(task, config, run_dir, list(todo), shared=list(shared), subjects=subjects,
+                         progress=progress, timeout_s=timeout_s, threads=threads, cleanup=cleanup)
     if kind == "slurm":
-        return _run_slurm(config, run_dir, list(todo), plan, progress=progress,
-                          timeout_s=timeout_s, threads=threads,
-                          cluster=cluster or SUBMITIT_CLUSTER)
+        return _run_slurm(task, config, run_dir, list(todo), subjects=subjects, progress=progress,
+                          timeout_s=timeout_s, threads=threads, cluster=cluster or SUBMITIT_CLUSTER)
     raise ValueError(f"unknown executor {kind!r}")

@@ -17,18 +17,43 @@ from pathlib import Path
 import pandas as pd
 
 from merlib import metrics
-from merlib.config import (PROFILES, VARIANT_ORDER, VARIANTS, Paths, PreprocessConfig, RunConfig,
-                           flat_diff, apex_for, atomic_write_text, make_run_config)
-from merlib.datasets.resolve import DataSpec, index_hash, load_index, resolve
+from merlib.config import DataConfig, Paths, PreprocessConfig, RunConfig
+from merlib.datasets import build_index, index_hash
+from merlib.files import atomic_write_text
+from merlib.options import make_run_config, train_command
+from merlib.registry import BASELINES, VARIANT_ORDER, VARIANTS
 
 
 class MissingRun(FileNotFoundError):
     """A result a notebook reads has not been computed yet; the message names the command."""
 
 
+def data_root(data: DataConfig, paths: Paths | None = None, *, generate: bool = True) -> Path:
+    """The folder ``data`` is read from. SynthME's is under ``MERLIB_DATA`` (named by preset,
+    layout and seed) and generated there on first use (generation is cached by its marker)."""
+    if data.dataset != "synthme":
+        return Path(data.root).expanduser().resolve()
+    paths = paths or Paths.from_env()
+    root = Path(data.root) if data.root else paths.data / data.name
+    if generate:
+        from merlib.synth import generate as generate_synthme
+
+        generate_synthme(root, layout=data.layout, preset=data.preset, seed=data.seed)
+    return root
+
+
+def load_index(data: DataConfig, root: Path) -> pd.DataFrame:
+    """The sample index of the dataset in ``root``, read by its loader (SynthME: its layout's) and
+    labelled with the run's dataset name."""
+    index = build_index(data.loader, root)
+    index["dataset"] = data.dataset
+    return index
+
+
 @dataclass
 class Prepared:
-    spec: DataSpec
+    data: DataConfig
+    root: Path
     index: pd.DataFrame
     manifest: pd.DataFrame
     prep: PreprocessConfig
@@ -38,17 +63,18 @@ class Prepared:
 
 def prepare(config: RunConfig, *, paths: Paths | None = None, cache: str | Path | None = None,
             jobs: int = 0, progress: bool = True) -> Prepared:
-    """Resolve the data, index it, and preprocess every usable clip into the cache (resuming)."""
-    from merlib.preprocess.pipeline import manifest_path
-    from merlib.preprocess.pipeline import run as preprocess_run
+    """Find (or generate) the data, index it, and preprocess every usable clip into the cache
+    (resuming)."""
+    from merlib.preprocess.cache import manifest_path
+    from merlib.preprocess.workers import run as preprocess_run
 
     paths = paths or Paths.from_env()
-    spec = resolve(config.data.dataset, config.data.root or None, synth=config.data.synth, paths=paths)
-    index = load_index(spec)
-    cache_dir = (Path(cache) if cache else paths.cache) / spec.name
+    root = data_root(config.data, paths)
+    index = load_index(config.data, root)
+    cache_dir = (Path(cache) if cache else paths.cache) / config.data.name
     manifest = preprocess_run(index, config.preprocess, cache_dir, jobs=jobs, progress=progress)
-    return Prepared(spec, index, manifest, config.preprocess, cache_dir,
-                    manifest_path(cache_dir, spec.dataset, config.preprocess))
+    return Prepared(config.data, root, index, manifest, config.preprocess, cache_dir,
+                    manifest_path(cache_dir, config.data.dataset, config.preprocess))
 
 
 def run_dir(config: RunConfig, paths: Paths | None = None) -> Path:
@@ -57,42 +83,12 @@ def run_dir(config: RunConfig, paths: Paths | None = None) -> Path:
     return paths.runs_for(config.data.name) / "train" / config.run_name()
 
 
-def train_command(config: RunConfig) -> str:
-    """The ``merlib train`` command line that computes ``config``'s run."""
-    d, t, p = config.data, config.train, config.preprocess
-    base = PROFILES[t.profile]
-    parts = ["merlib train", f"--dataset {d.dataset}"]
-    if d.dataset == "synthme":
-        parts += [f"--preset {d.preset}", f"--layout {d.layout}", f"--seed {d.seed}"]
-    else:
-        parts.append(f"--data-root {d.root}")
-    parts += [f"--profile {t.profile}", f"--blocks {t.blocks}"]
-    if p.apex != apex_for(d.loader):
-        parts.append(f"--apex {p.apex}")
-    if p.scheme != PreprocessConfig().scheme:
-        parts.append(f"--scheme {p.scheme}")
-    for flag, value, default in (("--epochs", t.epochs, base.epochs),
-                                 ("--weights", t.weights, base.weights),
-                                 ("--inputs", t.inputs, base.inputs),
-                                 ("--train-seed", t.seed, base.seed)):
-        if value != default:
-            parts.append(f"{flag} {value}")
-    if t.net != "mernet":
-        parts.append(f"--model {t.net}")
-    flags = make_run_config(
-        dataset=d.dataset, data_root=d.root, synth_preset=d.preset, synth_layout=d.layout,
-        synth_seed=d.seed, apex=p.apex, scheme=p.scheme, profile=t.profile, blocks=t.blocks,
-        epochs=t.epochs, weights=t.weights, inputs=t.inputs, train_seed=t.seed, model=t.net)
-    for key, value in flat_diff(config.identity(), flags.identity()):  # the rest: --set
-        parts.append(f"--set {key.removeprefix('run.')}={json.dumps(value)}")
-    return " ".join(parts)
-
-
 def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str | Path | None = None,
           restart: bool = False, paths: Paths | None = None, cache: str | Path | None = None,
           jobs: int = 0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """LOSO for one run; writes predictions.csv, metrics.json and config.json in its folder."""
-    from merlib.train import build_baseline_context, load_clipset, run_loso
+    from merlib.clips import load_clipset
+    from merlib.loso import build_context, run_loso
 
     paths = paths or Paths.from_env()
     prepared = prepared or prepare(config, paths=paths, cache=cache, jobs=jobs, progress=progress)
@@ -102,15 +98,15 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
     if config.train.net == "mernet":
         clips = load_clipset(prepared.manifest, config.train.blocks, frames=not config.train.stream)
     else:  # a baseline: its features, computed once per clip and cached beside the maps
-        clips = build_baseline_context(prepared.manifest, config, jobs=jobs, progress=progress,
-                                       features_dir=prepared.cache_dir / "baselines")
+        clips = build_context(config, manifest=prepared.manifest, jobs=jobs, progress=progress,
+                              features_dir=prepared.cache_dir / "baselines")
     pred = run_loso(clips, config, out_dir, maps_dir=prepared.cache_dir / "maps",
                     prep_key=prepared.prep.key(), index_hash=index_hash(prepared.index),
                     manifest_file=prepared.manifest_file, restart=restart, progress=progress,
                     suggest=str(default_dir) if out_dir != default_dir else "")
-    pred["dataset"] = prepared.spec.dataset
+    pred["dataset"] = config.data.dataset
     summary = {
-        "dataset": prepared.spec.dataset, "run": prepared.spec.name, "name": config.run_name(),
+        "dataset": config.data.dataset, "run": config.data.name, "name": config.run_name(),
         "profile": config.train.profile,
         **({"blocks": config.train.blocks} if config.train.net == "mernet" else {}),
         "variant": VARIANTS[config.train.blocks] if config.train.net == "mernet" else config.train.net,
@@ -120,7 +116,7 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
         "wall_time_s": round(time.time() - t0, 1),
         "pooled": metrics.compute_metrics(pred["y_true"], pred["y_pred"]),
     }
-    if prepared.spec.dataset == "megc":
+    if len(set(pred["source"])) > 1:  # a composite: the MEGC protocol also reports each source
         summary["per_source"] = metrics.metrics_table(pred, by="source").to_dict(orient="records")
     atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2, default=float) + "\n")
     return pred, summary
@@ -172,13 +168,18 @@ class Run:
         return self.paths.figures_for(self.name)
 
     @cached_property
-    def spec(self) -> DataSpec:
-        d = self.config.data
-        return resolve(d.dataset, d.root or None, synth=d.synth, paths=self.paths)
+    def root(self) -> Path:
+        """The dataset's folder (SynthME: generated on first use)."""
+        return data_root(self.config.data, self.paths)
+
+    @property
+    def synthetic(self) -> bool:
+        """SynthME: the generator's ground truth is in :attr:`root`."""
+        return self.config.data.dataset == "synthme"
 
     @cached_property
     def index(self) -> pd.DataFrame:
-        return load_index(self.spec)
+        return load_index(self.config.data, self.root)
 
     @cached_property
     def prepared(self) -> Prepared:
@@ -193,7 +194,7 @@ class Run:
     @cached_property
     def prov(self):
         """A provenance record started when the run was opened."""
-        from merlib.report import Provenance
+        from merlib.report.provenance import Provenance
 
         return Provenance(dataset=self.config.data.dataset, index_hash=index_hash(self.index),
                           profile=self.config.train.profile, config=self.config.to_dict(),
@@ -234,10 +235,8 @@ class Run:
 
     def baseline_results(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         """Pooled predictions of each finished baseline, and the command for each missing one."""
-        from merlib.config import NETS
-
         preds, missing = {}, {}
-        for net in NETS[1:]:
+        for net in BASELINES:
             try:
                 preds[net] = read_run(self.baseline(net), self.paths)[0]
             except MissingRun:
@@ -254,15 +253,8 @@ class Run:
         return "; ".join(dict.fromkeys(tags)) or "none trained"
 
 
-def open_run(*, dataset: str = "synthme", data_root: str = "", profile: str = "quick",
-             synth_preset: str = "tiny", synth_seed: int = 0, synth_layout: str = "casme2",
-             blocks: int = 10, epochs: int = 0, weights: str = "", inputs: str = "",
-             apex: str = "annotated", scheme: str = "fr72", train_seed: int = 0,
-             model: str = "mernet", overrides: dict | None = None) -> Run:
-    """The notebooks' one setup call: their papermill parameters in, a :class:`Run` out.
-    Notebooks always run their folds here (``local``); they never start a cluster."""
-    return Run(make_run_config(dataset=dataset, data_root=data_root, profile=profile,
-                               synth_preset=synth_preset, synth_seed=synth_seed,
-                               synth_layout=synth_layout, blocks=blocks, epochs=epochs or None,
-                               weights=weights or None, inputs=inputs or None, apex=apex,
-                               scheme=scheme, train_seed=train_seed, model=model, overrides=overrides))
+def open_run(**options) -> Run:
+    """The notebooks' one setup call: their parameters (``merlib.options.OPTIONS``) in, a
+    :class:`Run` out. Notebooks always run their folds here (``local``); they never start a
+    cluster."""
+    return Run(make_run_config(**options))

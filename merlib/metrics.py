@@ -1,4 +1,4 @@
-"""Acc, UF1, UAR and confusion matrices (paper Sec. 4.3, Eqs. 18–20; DESIGN.md §6).
+"""Acc, UF1, UAR and confusion matrices (paper Sec. 4.3, Eqs. 18–20; docs/DESIGN.md, "Training and LOSO").
 
 All from scikit-learn, with the label set fixed to the three classes so that a class missing
 from a subject's (or a subset's) predictions still counts in the macro averages:
@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from merlib.config import CLASSES
+from merlib.registry import CLASSES
 
 LABELS = (0, 1, 2)
-CLASS_NAMES = CLASSES  # label_id order
 
 
 def _as_labels(y: Sequence[int] | np.ndarray | pd.Series, name: str, labels: Sequence[int]) -> np.ndarray:
@@ -59,7 +58,7 @@ def compute_metrics(y_true, y_pred, *, labels: Sequence[int] = LABELS) -> dict[s
 
 
 def confusion(y_true, y_pred, labels: Sequence[int] = LABELS, *,
-              names: Sequence[str] = CLASS_NAMES) -> pd.DataFrame:
+              names: Sequence[str] = CLASSES) -> pd.DataFrame:
     """Counts with rows = true class, columns = predicted class, labelled by class name."""
     if len(names) != len(labels):
         raise ValueError(f"{len(names)} names for {len(labels)} labels")

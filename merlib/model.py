@@ -1,4 +1,4 @@
-"""GIA + BIA + Bi-LSTM micro-expression classifier (paper Sec. 3, Fig. 1; DESIGN.md §5).
+"""GIA + BIA + Bi-LSTM micro-expression classifier (paper Sec. 3, Fig. 1; docs/DESIGN.md, "Model").
 
 Shapes for one clip of T frames at 224×224 (B clips, K blocks):
 

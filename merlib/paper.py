@@ -10,7 +10,7 @@ from importlib import resources
 
 import pandas as pd
 
-from merlib.config import CLASSES
+from merlib.registry import CLASSES
 
 
 

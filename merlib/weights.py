@@ -1,4 +1,4 @@
-"""VGG16 weights for the transfer layer and GIA (DESIGN.md §5): one policy, one fetcher.
+"""VGG16 weights for the transfer layer and GIA (docs/DESIGN.md, "Model"): one policy, one fetcher.
 
 ``vgg16_features(weights)`` returns torchvision's ``vgg16().features`` (31 layers) and a tag
 saying what it really holds:
@@ -58,7 +58,7 @@ import torch
 import torchvision
 from torch import nn
 
-from merlib.config import atomic_write_text
+from merlib.files import atomic_path, atomic_write_text
 
 VGG16_WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
 IMAGENET_URL = VGG16_WEIGHTS.url
@@ -166,13 +166,8 @@ def verify_imagenet_features(state: Mapping[str, torch.Tensor], *, source: str) 
 
 
 def _save_atomic(state: Mapping[str, torch.Tensor], dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(dest) as tmp:
         torch.save(dict(state), tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,23 +327,19 @@ def _route_torchvision() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
     Written under torchvision's own name, as torch hub would."""
     dest = imagenet_cache_file()
     prefix = re.search(r"-([a-f0-9]+)\.", dest.name).group(1)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        with urllib.request.urlopen(IMAGENET_URL, timeout=_DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as fh:
-            while chunk := r.read(1 << 20):
-                h.update(chunk)
-                fh.write(chunk)
-        if not h.hexdigest().startswith(prefix):
-            raise WeightsUnavailable(f"{IMAGENET_URL}: SHA-256 {h.hexdigest()} does not start with {prefix}")
-        _check_imagenet_file(tmp)
-        _sidecar(dest).unlink(missing_ok=True)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            h = hashlib.sha256()
+            with urllib.request.urlopen(IMAGENET_URL, timeout=_DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as fh:
+                while chunk := r.read(1 << 20):
+                    h.update(chunk)
+                    fh.write(chunk)
+            if not h.hexdigest().startswith(prefix):
+                raise WeightsUnavailable(f"{IMAGENET_URL}: SHA-256 {h.hexdigest()} does not start with {prefix}")
+            _check_imagenet_file(tmp)
+            _sidecar(dest).unlink(missing_ok=True)
     except OSError as exc:  # URLError, timeouts, disk
         raise WeightsUnavailable(f"download of {IMAGENET_URL} failed ({type(exc).__name__}: {exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     _record_route(dest, "torchvision", url=IMAGENET_URL)
     return dest, "torchvision", None
 
@@ -409,7 +400,7 @@ def _move_legacy_pypi_file() -> None:
         verify_imagenet_features(features_state(raw, str(legacy)), source=str(legacy))
         os.replace(legacy, ours)
         _sidecar(legacy).unlink(missing_ok=True)
-    except Exception:  # unreadable, unverified or not movable: the cache route judges it as is
+    except Exception:  # noqa: BLE001 - unreadable, unverified or not movable: the cache route judges it
         return
     _record_route(ours, PYPI_ROUTE, archive_sha256=PYPI_ARCHIVE_SHA256,
                   features_sha256=IMAGENET_FEATURES_SHA256)

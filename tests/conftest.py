@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from merlib.datasets.fixtures import write_fixture_dataset
+from fixture_datasets import write_fixture_dataset
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from merlib.augment import AugmentConfig, augment_clip, draw_affine, warp_frames, warp_points, warp_sides
+from merlib.augment import AugmentConfig, draw_affine, warp_frames, warp_points, warp_sides
+
+
+def augment_clip(frames, centres, sides, rng, cfg):
+    """One draw for all frames and their points (Sec. 4.4), through the numpy functions."""
+    affine = draw_affine(rng, cfg)
+    return warp_frames(frames, affine), warp_points(centres, affine), warp_sides(sides, affine), affine
 
 
 @pytest.mark.parametrize("seed", range(5))

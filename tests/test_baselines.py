@@ -15,6 +15,8 @@ from skimage.feature import local_binary_pattern
 
 import merlib.baselines as bl
 from merlib.baselines import features as feat
+from merlib.baselines import flow as bflow
+from merlib.baselines import nets, svm
 from merlib.baselines.lbptop import block_edges, block_histograms, lbp_top_codes, lbp_top_histograms
 
 
@@ -97,7 +99,7 @@ def test_tvl1_recovers_a_known_subpixel_shift():
     img = _texture()
     dy, dx = -0.6, 1.3  # content moves 0.6 px up and 1.3 px right
     moved = ndimage.shift(img, (dy, dx), order=3, mode="reflect")
-    flow = bl.tvl1_flow(img.round().astype(np.uint8), moved.round().clip(0, 255).astype(np.uint8))
+    flow = bflow.tvl1_flow(img.round().astype(np.uint8), moved.round().clip(0, 255).astype(np.uint8))
     inner = flow[16:-16, 16:-16]
     assert abs(np.median(inner[..., 0]) - dx) < 0.2
     assert abs(np.median(inner[..., 1]) - dy) < 0.2
@@ -106,21 +108,21 @@ def test_tvl1_recovers_a_known_subpixel_shift():
 def test_optical_strain_of_a_linear_flow_is_the_analytic_constant():
     a, b, c, d = 0.03, -0.02, 0.05, 0.01
     y, x = np.mgrid[0:20, 0:30].astype(float)
-    strain = bl.optical_strain(a * x + b * y, c * x + d * y)
+    strain = bflow.optical_strain(a * x + b * y, c * x + d * y)
     # u_x = a, u_y = b, v_x = c, v_y = d: sqrt(a² + d² + (b + c)²/2)
     np.testing.assert_allclose(strain, np.sqrt(a ** 2 + d ** 2 + 0.5 * (b + c) ** 2))
-    rotation = bl.optical_strain(-0.04 * y, 0.04 * x)  # a rigid rotation does not strain
+    rotation = bflow.optical_strain(-0.04 * y, 0.04 * x)  # a rigid rotation does not strain
     np.testing.assert_allclose(rotation, 0.0, atol=1e-12)
 
 
 def test_onset_apex_flow_refuses_identical_frames_and_measures_motion():
     img = _texture(64)
     still = np.repeat(np.repeat(img.astype(np.uint8)[None, :, :, None], 3, 3), 4, 0)
-    with pytest.raises(bl.FlowFailed, match="identical"):
-        bl.onset_apex_flow(still)
+    with pytest.raises(bflow.FlowFailed, match="identical"):
+        bflow.onset_apex_flow(still)
     moving = still.copy()
     moving[-1] = np.repeat(ndimage.shift(img, (0, 1.0), mode="reflect").round().astype(np.uint8)[..., None], 3, 2)
-    out = bl.onset_apex_flow(moving, size=16)
+    out = bflow.onset_apex_flow(moving, size=16)
     assert out.shape == (3, 16, 16) and out.dtype == np.float32
     assert abs(np.median(out[0, 4:-4, 4:-4]) - 1.0) < 0.2  # u, area-averaged
     assert np.abs(np.median(out[1, 4:-4, 4:-4])) < 0.2      # v
@@ -128,7 +130,7 @@ def test_onset_apex_flow_refuses_identical_frames_and_measures_motion():
 
 def test_minmax_scale_per_clip_and_channel():
     x = np.stack([np.arange(8.0).reshape(2, 2, 2), np.full((2, 2, 2), 3.0)])  # (2, 2, 2, 2)
-    out = bl.minmax_scale(x, scale=255.0)
+    out = bflow.minmax_scale(x, scale=255.0)
     np.testing.assert_allclose(out[0, 0], [[0, 85], [170, 255]])
     np.testing.assert_allclose(out[0, 1], [[0, 85], [170, 255]])
     np.testing.assert_array_equal(out[1], 0.0)  # constant channels
@@ -137,7 +139,7 @@ def test_minmax_scale_per_clip_and_channel():
 # --------------------------------------------------------------------------- nets
 
 def test_ststnet_shapes_and_size_follow_the_reference():
-    net = bl.STSTNet()
+    net = nets.STSTNet()
     x = torch.zeros(2, 3, 28, 28)
     assert net.forward_features(x).shape == (2, 16, 5, 5)
     assert net(x).shape == (2, 3)
@@ -147,7 +149,7 @@ def test_ststnet_shapes_and_size_follow_the_reference():
 
 
 def test_off_apexnet_shapes_and_size():
-    net = bl.OFFApexNet()
+    net = nets.OFFApexNet()
     x = torch.zeros(2, 2, 28, 28)
     assert net.forward_features(x).shape == (2, 32, 7, 7)
     assert net.forward_head(net.forward_features(x), pre_logits=True).shape == (2, 1024)
@@ -158,7 +160,7 @@ def test_off_apexnet_shapes_and_size():
 
 
 def test_off_apexnet_streams_do_not_share_weights():
-    net = bl.OFFApexNet().eval()
+    net = nets.OFFApexNet().eval()
     x = torch.rand(1, 2, 28, 28)
     swapped = x.flip(1)
     assert not torch.allclose(net.forward_features(x), net.forward_features(swapped).roll(16, 1))
@@ -196,7 +198,7 @@ def _svm_data(seed: int = 0):
 def test_svm_scaler_sees_the_training_fold_only():
     X, y, groups = _svm_data()
     X_test = np.random.default_rng(1).normal(size=(5, 20)) + 1e6  # a huge offset
-    model = bl.fit_svm(X, y, groups, seed=0)
+    model = svm.fit_svm(X, y, groups, seed=0)
     np.testing.assert_allclose(model.named_steps["scale"].mean_, X.mean(0))
     np.testing.assert_allclose(model.named_steps["scale"].scale_, X.std(0))
     # each test row's output depends on that row only: no statistic is taken from the test set
@@ -207,8 +209,8 @@ def test_svm_scaler_sees_the_training_fold_only():
 
 def test_svm_probabilities_are_the_softmax_of_its_scores_and_agree_with_predict():
     X, y, groups = _svm_data()
-    model = bl.fit_svm(X, y, groups, seed=0)
-    proba = bl.svm_proba(model, X)
+    model = svm.fit_svm(X, y, groups, seed=0)
+    proba = svm.svm_proba(model, X)
     scores = model.decision_function(X)
     want = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
     np.testing.assert_allclose(proba, want)

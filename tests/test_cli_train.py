@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from merlib.config import CLASSES
+from merlib.registry import CLASSES
 
 
 def test_merlib_train_on_tiny_synthme(tmp_path):
@@ -79,15 +79,15 @@ def test_a_corrected_coding_sheet_never_pools_the_old_folds(tmp_path):
 def test_reproduce_passes_the_notebooks_only_their_own_parameters():
     """papermill injects unknown names silently (a warning): --keep-checkpoints must reach the
     notebooks as a setting they read, not as a parameter they ignore."""
-    from merlib.cli import build_parser, run_parameters
-    from merlib.config import make_run_config
+    from merlib.cli import build_parser
+    from merlib.options import for_notebooks, make_run_config, options_from_args
 
     nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "04_training.ipynb").read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     names = {line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines()
              if "=" in line and not line.startswith("#")}
     args = build_parser().parse_args(["reproduce", "--keep-checkpoints", "--set", "train.lr=0.001"])
-    params = run_parameters(args)
+    params = for_notebooks(options_from_args(args))
     assert set(params) <= names, set(params) - names
     config = make_run_config(**params)
     assert config.train.checkpoints and config.train.lr == 0.001

@@ -7,9 +7,9 @@ import shlex
 import pytest
 
 from merlib.cli import _config, build_parser
-from merlib.config import (ExecutorConfig, RunConfig, config_changes, make_run_config,
-                           with_overrides)
-from merlib.experiment import open_run, train_command
+from merlib.config import ExecutorConfig, RunConfig, config_changes, with_overrides
+from merlib.experiment import open_run
+from merlib.options import make_run_config, train_command
 
 
 def _from_cli(line: str) -> RunConfig:

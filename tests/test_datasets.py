@@ -15,7 +15,7 @@ import pytest
 from merlib.cli import main as cli_main
 from merlib.datasets import (DatasetNotFound, FrameReadError, build_index, frame_paths,
                              read_frames)
-from merlib.datasets.fixtures import tiny_frames, write_megc_fixture
+from fixture_datasets import tiny_frames, write_megc_fixture
 from merlib.datasets.schema import INDEX_COLUMNS, STATUS_CODES, ClipRecord
 from merlib.datasets.writers import write_casme2, write_samm, write_smic
 

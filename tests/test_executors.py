@@ -1,5 +1,5 @@
-"""Folds as tasks (DESIGN §6b): dask and submitit give the local run's predictions, survive a worker
-dying mid-fold, refuse folders the workers cannot see. Tiny data written here in the
+"""Folds as tasks (docs/DESIGN.md, "Where folds run"): dask and submitit give the local run's
+predictions, survive a worker dying mid-fold, refuse folders the workers cannot see. Tiny data written here in the
 preprocessing cache's format (manifest.csv + one npz per clip), random VGG16, one epoch, CPU."""
 from __future__ import annotations
 
@@ -10,38 +10,27 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from merlib import executors
+from merlib import executors, loso
+from merlib.clips import load_clipset
 from merlib.config import PROFILES, ExecutorConfig, RunConfig
+from merlib.devices import cpu_threads
+from merlib.loso import run_loso
 from merlib.preprocess.cache import load_manifest
-from merlib.train import load_clipset, run_loso
+
+from fakes import write_clip_cache
 
 SUBJECTS = ("s1", "s2", "s3")
-CLASSES = ("negative", "positive", "surprise")
 WORKERS = 2
-THREADS = executors.cpu_threads(WORKERS)  # what each of 2 dask CPU workers uses here
+THREADS = cpu_threads(WORKERS)  # what each of 2 dask CPU workers uses here
 TIMEOUT_S = 240
 
 
-def write_tiny_cache(root: Path, n: int = 6, t: int = 2) -> Path:
-    """Clips as ``merlib.preprocess`` writes them (npz: frames, ip/side 10 and 24) and the
-    manifest listing them; returns the manifest's path."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        f = root / f"{SUBJECTS[i // 2]}__c{i}.npz"
-        np.savez(f, frames=rng.integers(0, 255, (t, 224, 224, 3), dtype=np.uint8),
-                 ip10=rng.uniform(40, 180, (t, 10, 2)).astype(np.float32),
-                 side10=np.full((t, 10), 30.0, np.float32),
-                 ip24=rng.uniform(40, 180, (t, 24, 2)).astype(np.float32),
-                 side24=np.full((t, 24), 30.0, np.float32))
-        rows.append({"dataset": "synthme", "source": "casme2", "subject": SUBJECTS[i // 2],
-                     "clip": f"c{i}", "label": CLASSES[i % 3], "stage": "preprocess",
-                     "status": "ok", "reason": "", "file": str(f), "apex_source": "annotated"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+def write_tiny_cache(root: Path) -> Path:
+    """Six random clips of three subjects in the preprocessing cache's format; the manifest."""
+    write_clip_cache(root, subjects=SUBJECTS)
     return root / "manifest.csv"
 
 
@@ -55,24 +44,11 @@ def _cfg(**executor) -> RunConfig:
 def tiny(tmp_path_factory):
     """The tiny cache, its clips, and the reference run: the local executor with the thread
     count a 2-worker dask LocalCluster gives each worker."""
-    import merlib.train
-
     root = tmp_path_factory.mktemp("executors")
     manifest = write_tiny_cache(root)
     clips = load_clipset(load_manifest(manifest), 10)
-    real = merlib.train.build_context
-
-    def build_with_threads(*a, **k):  # the local path, at the dask workers' thread count
-        import torch
-
-        ctx = real(*a, **k)
-        torch.set_num_threads(THREADS)
-        return ctx
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(merlib.train, "build_context", build_with_threads)
-        run_loso(clips, _cfg(), root / "local", maps_dir=root / "maps", prep_key="t",
-                 manifest_file=manifest, progress=False)
+    run_loso(clips, _cfg(threads=THREADS), root / "local", maps_dir=root / "maps", prep_key="t",
+             manifest_file=manifest, progress=False)
     return {"root": root, "manifest": manifest, "clips": clips, "local": root / "local"}
 
 
@@ -134,12 +110,12 @@ def _dies_mid_fold(config_dict, fold, run_dir, threads=None, cache=True, *, mark
             os._exit(1)
 
         merlib.train.train_one_epoch = die
-    return executors._fold_task(config_dict, fold, run_dir, THREADS, cache)
+    return loso.fold_task(config_dict, fold, run_dir, THREADS, cache)
 
 
 def test_a_worker_dying_mid_fold_loses_nothing(tiny, scheduler, monkeypatch):
     marker = tiny["root"] / "died"
-    monkeypatch.setattr(executors, "_fold_task", functools.partial(
+    monkeypatch.setattr(loso, "fold_task", functools.partial(
         _dies_mid_fold, marker=str(marker), crash_fold=1))
     monkeypatch.setattr(executors, "run_folds", functools.partial(executors.run_folds,
                                                                   timeout_s=TIMEOUT_S))
@@ -150,20 +126,18 @@ def test_a_worker_dying_mid_fold_loses_nothing(tiny, scheduler, monkeypatch):
 
 
 def test_workers_keep_the_loaded_run_across_folds(tiny, tmp_path, monkeypatch):
-    import merlib.train
-
     run = tmp_path / "run"
     shutil.copytree(tiny["local"], run)
     for f in run.glob("folds/*/predictions.csv"):
         f.unlink()
     loads = []
-    real = merlib.train.load_context
-    monkeypatch.setattr(merlib.train, "load_context", lambda *a, **k: loads.append(1) or real(*a, **k))
-    monkeypatch.setattr(executors, "_CONTEXTS", {})
+    real = loso.load_context
+    monkeypatch.setattr(loso, "load_context", lambda *a, **k: loads.append(1) or real(*a, **k))
+    monkeypatch.setattr(loso, "_CONTEXTS", {})
     config = _cfg(kind="dask").to_dict()
-    states = [executors._fold_task(config, fold, str(run), THREADS)["state"] for fold in (0, 1, 2)]
+    states = [loso.fold_task(config, fold, str(run), THREADS)["state"] for fold in (0, 1, 2)]
     assert states == ["done"] * 3 and len(loads) == 1
-    assert len(executors._CONTEXTS) == 1
+    assert len(loso._CONTEXTS) == 1
     _same_files(run, tiny["local"], pooled=False)
 
 
@@ -176,8 +150,9 @@ def test_workers_that_cannot_see_the_run_are_refused_before_anything_runs(tiny, 
     plan["maps_file"] = str(tmp_path / "only-on-the-driver" / "maps.pt")
     (run / "plan.json").write_text(json.dumps(plan))
     with pytest.raises(executors.WorkersCannotSeeRun) as err:
-        executors.run_folds(_cfg(kind="dask", scheduler=scheduler), run, [0, 1, 2],
-                            progress=False, timeout_s=60)
+        executors.run_folds(loso.fold_task, _cfg(kind="dask", scheduler=scheduler), run,
+                            [0, 1, 2], shared=loso.shared_paths(run, plan), progress=False,
+                            timeout_s=60)
     message = str(err.value)
     assert "storage every worker sees" in message and plan["maps_file"] in message
     assert "MERLIB_CACHE" in message
@@ -239,11 +214,11 @@ def test_local_cluster_layout():
 
 def test_local_executor_and_in_memory_plans_are_refused(tmp_path):
     with pytest.raises(ValueError, match="local"):
-        executors.run_folds(_cfg(kind="local"), tmp_path, [0], progress=False)
+        executors.run_folds(loso.fold_task, _cfg(kind="local"), tmp_path, [0], progress=False)
     (tmp_path / "plan.json").write_text(json.dumps({"manifest": "", "maps_file": "", "folds": []}))
     with pytest.raises(ValueError, match="no preprocessing manifest"):
-        executors.run_folds(_cfg(kind="dask"), tmp_path, [0], progress=False)
-    assert executors.run_folds(_cfg(kind="dask"), tmp_path, [], progress=False) == []
+        loso.read_plan(tmp_path)
+    assert executors.run_folds(loso.fold_task, _cfg(kind="dask"), tmp_path, [], progress=False) == []
 
 
 def test_the_streaming_paper_path_runs_its_folds_on_dask_workers(tiny, scheduler, monkeypatch):

@@ -193,6 +193,6 @@ def test_cross_check_counts_images_per_cell():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_rules_run_on_the_committed_notebooks(path):
-    """The JSON rules accept every committed notebook (what they find is lab-check's business)."""
-    problems = lc.notebook_problems(json.loads(path.read_text()))
-    assert all(p.startswith("cell ") for p in problems)
+    """The committed notebooks pass the JSON rules (figures as images, no traceback, no stuck
+    progress bar): what CI renders is what was checked here."""
+    assert lc.notebook_problems(json.loads(path.read_text())) == []

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from merlib.datasets import frame_paths
-from merlib.datasets.resolve import DataSpec, load_index
+from merlib.config import DataConfig
+from merlib.experiment import load_index
 from merlib.preprocess import align, blocks, landmarks
 from merlib import cli, report
 from merlib.preprocess import cache as pcache
@@ -42,7 +43,7 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_index(synth_root):
-    return load_index(DataSpec("synthme", synth_root, "casme2"))
+    return load_index(DataConfig(dataset="synthme", layout="casme2"), synth_root)
 
 
 def _row(index: pd.DataFrame, i: int) -> dict:
@@ -395,14 +396,6 @@ def test_apex_report_scores_the_detected_apex_against_synthme_ground_truth(proce
     assert list(report.apex_error_table(processed["manifest"])["reference"]) == ["annotated apex"]
     with pytest.raises(ValueError, match="not a SynthME folder"):
         report.usable(processed["manifest"], groundtruth_root=synth_root / "sub01")
-
-
-def test_the_pipeline_facade_keeps_the_old_names():
-    from merlib.preprocess import pipeline
-
-    assert pipeline.run is run and pipeline.PreprocessConfig is PreprocessConfig
-    assert pipeline.summary is pcache.summary and pipeline.manifest_path is pcache.manifest_path
-    assert pipeline.load_manifest is load_manifest and pipeline.STEPS is recipe.STEPS
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
+from merlib.clips import clip_loader, load_clipset
 from merlib.config import PROFILES, RunConfig
-from merlib.train import (ClipSet, StreamContext, build_context, clip_loader, load_clipset, run_fold,
-                          run_loso, stream_batch)
+from merlib.loso import build_context, run_fold, run_loso
+from merlib.train import StreamContext, stream_batch
+
+from fakes import write_clip_cache
 
 SUBJECTS = ["s1", "s2", "s3"]
 T = 2  # frames per clip: the cache holds 10; two keep the CPU test to seconds
@@ -18,19 +21,8 @@ T = 2  # frames per clip: the cache holds 10; two keep the CPU test to seconds
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    """Five usable cached clips of three subjects, and one the preprocessing excluded."""
-    root = tmp_path_factory.mktemp("cache")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        file = root / f"c{i}.npz"
-        np.savez(file, frames=rng.integers(0, 255, (T, 224, 224, 3), dtype=np.uint8),
-                 ip10=rng.uniform(40, 180, (T, 10, 2)), side10=np.full((T, 10), 48.0),
-                 ip24=rng.uniform(40, 180, (T, 24, 2)), side24=np.full((T, 24), 48.0))
-        rows.append({"dataset": "synthme", "source": "casme2", "subject": SUBJECTS[i % 3],
-                     "clip": f"c{i}", "label": ["negative", "positive", "surprise"][i % 3],
-                     "status": "excluded" if i == 5 else "ok", "file": str(file)})
-    return pd.DataFrame(rows)
+    """Five usable cached clips of three subjects, and one the preprocessing excluded (c5)."""
+    return write_clip_cache(tmp_path_factory.mktemp("cache"), t=T, subjects=SUBJECTS, excluded=(5,))
 
 
 def _paper(blocks=10, **kw):
@@ -65,10 +57,10 @@ def test_a_corrupt_cached_clip_is_named_before_training(manifest, tmp_path, fram
     broken = tmp_path / "broken.npz"
     broken.write_bytes(open(manifest["file"][1], "rb").read()[:5000])  # truncated mid-frames
     bad.loc[1, "file"] = str(broken)
-    with pytest.raises(ValueError, match=r"s2/c1: its preprocessed clip .*broken\.npz is missing or corrupt"):
+    with pytest.raises(ValueError, match=r"s1/c1: its preprocessed clip .*broken\.npz is missing or corrupt"):
         load_clipset(bad, 10, frames=frames)
     bad.loc[1, "file"] = str(tmp_path / "gone.npz")
-    with pytest.raises(ValueError, match=r"s2/c1: .*gone\.npz is missing"):
+    with pytest.raises(ValueError, match=r"s1/c1: .*gone\.npz is missing"):
         load_clipset(bad, 10, frames=frames)
 
 
@@ -84,7 +76,7 @@ def test_a_cached_clip_of_the_wrong_shape_is_named(manifest, tmp_path):
 
 def test_every_step_draws_a_fresh_augmentation_per_clip_and_evaluation_none(manifest):
     config = _paper()
-    ctx = build_context(load_clipset(manifest, 10, frames=False), config)
+    ctx = build_context(config, clips=load_clipset(manifest, 10, frames=False))
     assert isinstance(ctx, StreamContext)
     frames, idx = next(iter(clip_loader(ctx.clips, np.array([0, 0, 1]), config.train, ctx.device)))
     gen = torch.Generator().manual_seed(0)
@@ -117,7 +109,7 @@ def test_paper_path_loso_one_epoch_one_prediction_per_usable_clip(manifest, tmp_
 
 def test_the_gia_convolutions_train_and_the_transfer_layer_does_not(manifest, tmp_path):
     config = _paper(blocks=0)
-    ctx = build_context(load_clipset(manifest, 0, frames=False), config)
+    ctx = build_context(config, clips=load_clipset(manifest, 0, frames=False))
     run_fold(config, 0, tmp_path, context=ctx)
     state = ctx.model.state_dict()
     gia = [k for k in state if k.startswith("gia.convs.") and k.endswith("weight")]
@@ -148,7 +140,7 @@ def test_streaming_refuses_map_inputs():
 
 
 def test_a_worker_rebuilds_a_streaming_context_from_the_plan(manifest, tmp_path):
-    from merlib.train import PLAN_FILE, load_context
+    from merlib.loso import PLAN_FILE, load_context
     file = tmp_path / "manifest.csv"
     manifest.assign(stage="preprocess", reason="", apex_source="annotated").to_csv(file, index=False)
     (tmp_path / PLAN_FILE).write_text(json.dumps({"manifest": str(file), "maps_file": "",
@@ -160,11 +152,11 @@ def test_a_worker_rebuilds_a_streaming_context_from_the_plan(manifest, tmp_path)
 def test_the_loader_reads_in_process_inside_a_daemonic_worker(manifest, monkeypatch):
     import types
 
-    from merlib import train
+    from merlib import clips as clips_module
     clips = load_clipset(manifest, 10, frames=False)
     cfg = _paper(loader_workers=2).train
     assert clip_loader(clips, np.arange(3), cfg, torch.device("cpu")).num_workers == 2
-    monkeypatch.setattr(train.multiprocessing, "current_process",
+    monkeypatch.setattr(clips_module.multiprocessing, "current_process",
                         lambda: types.SimpleNamespace(daemon=True))  # as in a dask worker
     loader = clip_loader(clips, np.arange(3), cfg, torch.device("cpu"))
     assert loader.num_workers == 0
@@ -178,6 +170,6 @@ def test_loader_workers_do_not_change_what_a_fold_learns(manifest, tmp_path):
     preds = []
     for workers in (0, 2):
         config = _paper(epochs=2, loader_workers=workers)
-        run_fold(config, 1, tmp_path / f"w{workers}", context=build_context(clips, config))
+        run_fold(config, 1, tmp_path / f"w{workers}", context=build_context(config, clips=clips))
         preds.append(next((tmp_path / f"w{workers}" / "folds").iterdir()) / "predictions.csv")
     assert preds[0].read_bytes() == preds[1].read_bytes()

@@ -8,8 +8,9 @@ import torch
 
 import dataclasses
 
+from merlib.clips import ClipSet
 from merlib.config import PROFILES, RunConfig
-from merlib.train import ClipSet, ResumeRefused, run_loso
+from merlib.loso import ResumeRefused, build_context, run_loso
 
 SUBJECTS = ["s1", "s2", "s3"]
 
@@ -98,7 +99,7 @@ def test_shuffled_labels_leave_test_labels_true(clips, tmp_path):
 
 
 def test_shuffled_labels_are_a_permutation_of_the_training_labels_only():
-    from merlib.train import fold_labels
+    from merlib.loso import fold_labels
     labels = np.arange(20) % 3
     train, test = np.arange(4, 20), np.arange(4)
     shuffled = fold_labels(labels, train, _train(shuffle_labels=True), fold=0)
@@ -165,9 +166,9 @@ def test_resuming_with_another_index_is_refused_and_restart_starts_over(clips, t
 def test_run_fold_alone_equals_the_fold_inside_run_loso(clips, tmp_path):
     """What a worker does: run_fold with its own context built from the clips gives the fold
     run_loso wrote."""
-    from merlib.train import build_context, run_fold
+    from merlib.loso import run_fold
     full = run_loso(clips, _cfg(), tmp_path / "loso", progress=False)
-    ctx = build_context(clips, _cfg(), progress=False)
+    ctx = build_context(_cfg(), clips=clips)
     status = run_fold(_cfg(), 1, tmp_path / "alone", context=ctx)
     assert status["state"] == "done" and status["fold"] == 1
     alone = pd.read_csv(next((tmp_path / "alone" / "folds").iterdir()) / "predictions.csv",
@@ -178,11 +179,11 @@ def test_run_fold_alone_equals_the_fold_inside_run_loso(clips, tmp_path):
 
 def test_precomputed_windows_equal_cutting_the_maps_every_step(tmp_path):
     """quick cuts the BIA windows once; the logits must equal cutting the (scaled) maps."""
-    from merlib.train import MapInputs, build_context, make_batch
+    from merlib.maps import MapInputs, make_batch
     c24 = _clips(24)
     c24.centres[0, :, :3] = [[2.0, 3.0], [221.0, 5.0], [110.0, 223.0]]  # windows off the map's edge
     cfg = _cfg(blocks=24)
-    ctx = build_context(c24, cfg, progress=False)
+    ctx = build_context(cfg, clips=c24)
     assert ctx.crops is not None and not ctx.need_f28
     idx, views = np.array([0, 3]), np.zeros(2, dtype=np.int64)
     ctx.model.eval()
@@ -190,20 +191,23 @@ def test_precomputed_windows_equal_cutting_the_maps_every_step(tmp_path):
                    MapInputs("channel_norm", mean28=tuple(np.linspace(-1, 2, 512)),
                              inv_std28=tuple(np.linspace(0.5, 3, 512)),
                              mean14=(0.3,) * 512, inv_std14=(2.0,) * 512)):
-        ctx_in = build_context(c24, _cfg(blocks=24, inputs=inputs.inputs), progress=False)
+        ctx_in = build_context(_cfg(blocks=24, inputs=inputs.inputs), clips=c24)
         fast = make_batch(ctx_in.maps, c24, idx, views, ctx.device, inputs, need_f28=False,
                           crops=ctx_in.crops)
         slow = make_batch(ctx_in.maps, c24, idx, views, ctx.device, inputs, need_f28=True)
         ctx_in.model.eval()
+        assert fast.centres is None and slow.crops is None
         with torch.no_grad():
-            torch.testing.assert_close(fast.forward(ctx_in.model), slow.forward(ctx_in.model),
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                ctx_in.model.forward_from_maps(fast.f28, fast.f14, crops=fast.crops),
+                ctx_in.model.forward_from_maps(slow.f28, slow.f14, slow.centres, slow.sides),
+                rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- onset-delta inputs
 
 def _maps(seed=0, n=4, v=2, t=3):
-    from merlib.train import Maps
+    from merlib.maps import Maps
     g = torch.Generator().manual_seed(seed)
     f28 = torch.rand((n, v, t, 2, 4, 4), generator=g).half()
     f14 = torch.rand((n, v, t, 2, 2, 2), generator=g).half()
@@ -211,7 +215,7 @@ def _maps(seed=0, n=4, v=2, t=3):
 
 
 def test_onset_delta_scale_is_one_over_the_training_clips_delta_std():
-    from merlib.train import MapInputs, input_moments
+    from merlib.maps import MapInputs, input_moments
     maps = _maps()
     train = np.array([0, 2, 3])
     fit = MapInputs.fit(input_moments(maps, "onset_delta"), train, "onset_delta")
@@ -222,7 +226,7 @@ def test_onset_delta_scale_is_one_over_the_training_clips_delta_std():
 
 
 def test_onset_delta_fit_ignores_the_held_out_clips():
-    from merlib.train import MapInputs, input_moments
+    from merlib.maps import MapInputs, input_moments
     a, b = _maps(0), _maps(0)
     b.f28[1] = b.f28[1] * 7  # only the held-out clip differs
     b.f14[1] = 0
@@ -233,7 +237,7 @@ def test_onset_delta_fit_ignores_the_held_out_clips():
 
 
 def test_channel_norm_standardises_each_channel_over_the_training_clips():
-    from merlib.train import MapInputs, input_moments
+    from merlib.maps import MapInputs, input_moments
     maps = _maps(3)
     train = np.array([0, 1, 3])
     fit = MapInputs.fit(input_moments(maps, "channel_norm"), train, "channel_norm")
@@ -247,7 +251,7 @@ def test_channel_norm_standardises_each_channel_over_the_training_clips():
 
 
 def test_onset_delta_transform_subtracts_the_onset_of_the_same_clip_and_view():
-    from merlib.train import MapInputs
+    from merlib.maps import MapInputs
     f = torch.rand(2, 3, 2, 4, 4)  # (B, T, C, H, W)
     out = MapInputs("onset_delta", scale28=2.0, scale14=5.0).transform(f, 28)
     assert torch.count_nonzero(out[:, 0]) == 0
@@ -273,8 +277,12 @@ def test_adam_weight_decay_equals_the_l2_term_of_the_loss():
     for _ in range(5):
         loss = torch.nn.functional.cross_entropy(nets[0](x), y)
         loss = loss + cfg.l2 * sum(p.pow(2).sum() for p in nets[0].parameters())
-        explicit.zero_grad(); loss.backward(); explicit.step()
-        fused.zero_grad(); torch.nn.functional.cross_entropy(nets[1](x), y).backward(); fused.step()
+        explicit.zero_grad()
+        loss.backward()
+        explicit.step()
+        fused.zero_grad()
+        torch.nn.functional.cross_entropy(nets[1](x), y).backward()
+        fused.step()
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
@@ -293,7 +301,7 @@ def test_random_vgg_weights_are_one_draw_and_the_seed_draws_only_the_trainable_p
 
 
 def test_maps_cache_key_depends_on_the_seed_only_through_augmented_views(clips):
-    from merlib.train import maps_key
+    from merlib.maps import maps_key
     key = lambda **kw: maps_key("prep", clips, _train(**kw), "random")  # noqa: E731
     assert key(seed=0) == key(seed=1)                       # one view: the clip itself
     assert key(seed=0, views=4) != key(seed=1, views=4)     # views 1.. are drawn from the seed
@@ -302,15 +310,16 @@ def test_maps_cache_key_depends_on_the_seed_only_through_augmented_views(clips):
 
 @pytest.mark.parametrize("net,shape", [("lbptop-svm", (1200,)), ("ststnet", (3, 28, 28))])
 def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp_path):
-    from merlib.train import BaselineContext
+    from merlib.baselines.context import BaselineContext
     rng = np.random.default_rng(0)
     n = 12
     labels = np.arange(n) % 3
     meta = pd.DataFrame({"dataset": "synthme", "source": "casme2",
                          "subject": [f"s{i // 4}" for i in range(n)], "clip": [f"c{i}" for i in range(n)]})
     X = rng.normal(size=(n, *shape)).astype(np.float32) + labels.reshape(-1, *[1] * len(shape))
-    ctx = BaselineContext(net, X, meta, labels, pd.DataFrame(), torch.device("cpu"), tmp_path)
-    cfg = RunConfig(train=dataclasses.replace(_train(), net=net, ststnet_epochs=2))
+    cfg = RunConfig(train=dataclasses.replace(_train(), net=net, baseline_epochs=2))
+    ctx = BaselineContext(net, X, meta, labels, pd.DataFrame(), torch.device("cpu"), tmp_path,
+                          cfg.train)
     pred = run_loso(ctx, cfg, tmp_path / "run", progress=False)
     assert sorted(pred["clip"]) == sorted(meta["clip"]) and pred["fold"].nunique() == 3
     assert (pred["net"] == net).all()
@@ -322,7 +331,7 @@ def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp
 
 
 def test_a_corrupt_preprocessed_clip_is_named_before_training(tmp_path):
-    from merlib.train import load_clipset
+    from merlib.clips import load_clipset
     good = tmp_path / "good.npz"
     np.savez(good, frames=np.zeros((2, 224, 224, 3), np.uint8), ip10=np.zeros((2, 10, 2)),
              side10=np.ones((2, 10)))
@@ -336,6 +345,6 @@ def test_a_corrupt_preprocessed_clip_is_named_before_training(tmp_path):
 
 
 def test_profiles_keep_no_checkpoints_unless_asked():
-    from merlib.config import make_run_config
+    from merlib.options import make_run_config
     assert not make_run_config(profile="paper").train.checkpoints
     assert make_run_config(profile="paper", keep_checkpoints=True).train.checkpoints

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from merlib.datasets import build_index, read_frames
-from merlib.datasets.fixtures import tiny_frames
+from fixture_datasets import tiny_frames
 from merlib.datasets.schema import ClipRecord, map_emotion
 from merlib.datasets.writers import write_casme2, write_samm, write_smic
 

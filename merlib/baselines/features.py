@@ -30,7 +30,7 @@ import pandas as pd
 from merlib.baselines.flow import TVL1, FlowFailed, onset_apex_flow
 from merlib.baselines.image import to_gray
 from merlib.baselines.lbptop import lbp_top_histograms
-from merlib.config import atomic_write_text
+from merlib.files import atomic_path, atomic_write_text
 
 META_COLUMNS = ["dataset", "source", "subject", "clip", "label"]
 FAILED_COLUMNS = ["subject", "clip", "reason"]
@@ -117,11 +117,8 @@ def read_cached(path: Path, fingerprint: str) -> np.ndarray | None:
 
 
 def _write(path: Path, features: np.ndarray, fingerprint: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=features, source=np.array(fingerprint))
-    os.replace(tmp, path)
 
 
 def _load_frames(src: Path, row: dict) -> np.ndarray:

@@ -7,6 +7,7 @@ used stay in the index with a status and a reason. Frames are read on demand wit
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +15,14 @@ import pandas as pd
 from merlib.datasets.layout import (DatasetNotFound, FrameReadError, frame_paths, read_frame,
                                     read_frames)
 
-LOADERS = ("casme2", "samm", "smic", "megc")
+from merlib.registry import DATASETS
+
+# The loader modules of merlib.datasets, named by the dataset registry.
+LOADERS = tuple(dict.fromkeys(d.loader for d in DATASETS.values() if d.loader))
 
 
 def build_index(dataset: str, data_root: str | Path) -> pd.DataFrame:
-    """The sample index of ``dataset`` (casme2 | samm | smic | megc) found below ``data_root``.
+    """The sample index of ``dataset`` (one of :data:`LOADERS`) found below ``data_root``.
 
     Raises DatasetNotFound (naming every pattern looked for, and where) when the dataset is not
     there, ValueError naming the sheet and columns when a coding sheet is malformed."""
@@ -29,5 +33,13 @@ def build_index(dataset: str, data_root: str | Path) -> pd.DataFrame:
     return import_module(f"merlib.datasets.{dataset}").build_index(data_root)
 
 
+def index_hash(index: pd.DataFrame) -> str:
+    """A short content hash of an index, independent of where the data sit on disk."""
+    cols = ["dataset", "source", "subject", "clip", "label", "onset", "apex", "offset",
+            "n_frames", "status"]
+    text = index[cols].astype(str).sort_values(cols[:4]).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 __all__ = ["DatasetNotFound", "FrameReadError", "LOADERS", "build_index", "frame_paths",
-           "read_frame", "read_frames"]
+           "index_hash", "read_frame", "read_frames"]

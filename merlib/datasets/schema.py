@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from merlib.config import CLASSES  # the one definition, label_id order; re-exported
 
 # Column order of every index CSV.
 INDEX_COLUMNS = [
@@ -32,8 +31,6 @@ INDEX_COLUMNS = [
     "flags",       # ';'-joined warnings on usable rows: apex_missing, apex_outside
     "frames_dir",  # absolute folder holding the clip's frames
 ]
-
-LABEL_ID = {c: i for i, c in enumerate(CLASSES)}
 
 # Short status codes; the reason column says the specifics.
 STATUS_CODES = {

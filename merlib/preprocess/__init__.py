@@ -1,4 +1,4 @@
-"""Per-clip preprocessing steps (DESIGN §4), each a pure function on arrays.
+"""Per-clip preprocessing steps (docs/DESIGN.md, "Preprocessing"), each a pure function on arrays.
 
 apex (Eqs. 16-17) -> tim (10 frames) -> align (LWM to a template, eye crop, 224x224) ->
 landmarks (72 key points per aligned frame) -> blocks (24 or 10 identification points).

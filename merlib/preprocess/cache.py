@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from merlib.config import PreprocessConfig, atomic_write_text
+from merlib.config import PreprocessConfig
+from merlib.files import TMP_SUFFIX, atomic_path, atomic_write_text
 from merlib.preprocess.recipe import STEPS
 
 MANIFEST_COLUMNS = [
@@ -82,16 +82,14 @@ def open_folder(folder: Path, cfg: PreprocessConfig) -> None:
 
     for sub in ("clips", "records"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-        for tmp in (folder / sub).glob("*.tmp"):  # left by a killed run
+        for tmp in (folder / sub).glob(f"*{TMP_SUFFIX}"):  # left by a killed run
             tmp.unlink(missing_ok=True)
     save_config(folder / "config.json", preprocess=cfg)
 
 
 def write_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def write_record(path: Path, obj: dict) -> None:

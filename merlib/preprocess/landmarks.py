@@ -3,7 +3,7 @@
 The face box and the 68 points of one image come from :mod:`merlib.faces` (face_recognition's
 dlib HOG detector + 68-point shape predictor, shared with SynthME); they are re-exported here.
 
-Two numberings of the key points (DESIGN §4.4):
+Two numberings of the key points (docs/DESIGN.md, "Preprocessing", step 4):
 
 - ``dlib68``: dlib's 68 points in dlib's order.
 - ``fr72``: the paper's 72 key points = the lists of ``face_recognition.face_landmarks`` in its dict
@@ -103,7 +103,7 @@ def clip_landmarks72(frames: np.ndarray, box: Box, *, scheme: str = "fr72") -> C
         try:
             pts = landmarks68(frame, box)
             fits.append(pts if landmarks_ok(pts, frame.shape) else None)
-        except Exception:  # dlib raises RuntimeError / ValueError on bad input; treat as a miss
+        except Exception:  # noqa: BLE001 - dlib raises RuntimeError / ValueError on bad input: a miss
             fits.append(None)
     good = [i for i, f in enumerate(fits) if f is not None]
     if not good:

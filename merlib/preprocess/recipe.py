@@ -1,4 +1,4 @@
-"""The per-clip recipe (DESIGN §4): one index row in, the processed clip's arrays and record out.
+"""The per-clip recipe (docs/DESIGN.md, "Preprocessing"): one index row in, the processed clip's arrays and record out.
 
 Read the onset..offset frames -> apex (Eqs. 16-17) on that span, annotated apex used where present
 and valid (per ``PreprocessConfig.apex``) -> TIM of onset..apex to ``n_frames`` frames -> face

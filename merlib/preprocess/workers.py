@@ -50,7 +50,7 @@ def _work(row: dict, cfg: PreprocessConfig, folder: Path) -> dict:
                "t_write": round(time.perf_counter() - t_write, 4)}
     except ClipFailed as exc:
         rec = {**base, "status": exc.status, "reason": exc.reason, "file": ""}
-    except Exception as exc:  # one clip's bug must not stop the run; the reason says what broke
+    except Exception as exc:  # noqa: BLE001 - one clip's bug must not stop the run; the reason says what broke
         rec = {**base, "status": "error", "file": "",
                "reason": f"{clip_name(row)}: {type(exc).__name__}: {exc}"}
     rec["seconds"] = round(time.perf_counter() - t0, 4)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from merlib.datasets import build_index, read_frames
-from merlib.datasets.schema import CLASSES
+from merlib.registry import CLASSES
 from merlib.faces import face_boxes
 from merlib.synth.faces import FACE_SCALE
 from merlib.synth.write import MARKER, load_groundtruth

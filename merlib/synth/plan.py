@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from merlib.datasets.schema import CLASSES
+from merlib.registry import CLASSES
 from merlib.synth.motion import CLASS_AUS, NUISANCE_AUS
 
 LAYOUTS = ("casme2", "samm", "smic")

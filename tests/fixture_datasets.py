@@ -1,4 +1,4 @@
-"""Small fixture datasets in the real formats, written on demand (tests, notebook 01's CI run).
+"""Small fixture datasets in the real formats, written on demand by the tests.
 
 ``write_fixture_dataset(root, layout)`` writes a CASME II-, SAMM- or SMIC-like dataset of a dozen
 clips with tiny frames (32x24), mixing the formats' quirks and a couple of bad rows, or

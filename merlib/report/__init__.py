@@ -1,0 +1,23 @@
+"""What the notebooks show and write: tables (:mod:`~merlib.report.tables`), figures
+(:mod:`~merlib.report.figures`) and the provenance beside each (:mod:`~merlib.report.provenance`).
+
+The notebooks call ``report.<function>``; the names below are that interface, each defined in the
+module of its concern.
+"""
+from merlib.registry import VARIANTS
+from merlib.report.figures import (FigureView, confusion_grid, figure2, figure5, figure6, show,
+                                   tim_strip)
+from merlib.report.provenance import (Provenance, provenance_table, relative_paths, write_figure,
+                                      write_table)
+from merlib.report.tables import (apex_error_table, calibration_table, class_division,
+                                  division_report, excluded_and_bad, flags_summary, for_display,
+                                  megc_division, paper_reference, per_source_table,
+                                  preprocess_summary, profile_label, status_summary, table5, table6,
+                                  usable)
+
+__all__ = ["FigureView", "Provenance", "VARIANTS", "apex_error_table", "calibration_table",
+           "class_division", "confusion_grid", "division_report", "excluded_and_bad", "figure2",
+           "figure5", "figure6", "flags_summary", "for_display", "megc_division", "paper_reference",
+           "per_source_table", "preprocess_summary", "profile_label", "provenance_table",
+           "relative_paths", "show", "status_summary", "table5", "table6", "tim_strip", "usable",
+           "write_figure", "write_table"]

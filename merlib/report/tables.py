@@ -1,0 +1,282 @@
+"""Tables 1-6 and the notebooks' summary tables: our numbers computed from files merlib wrote
+(indexes, manifests, predictions), the paper's read from ``merlib.paper``, side by side with the
+difference (ours - paper) where the two measure the same data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from merlib import paper
+from merlib.registry import BASELINES, CLASSES, DATASETS, SOURCES, VARIANT_ORDER, VARIANTS
+from merlib.files import atomic_write_text
+from merlib.report.provenance import Provenance, relative_paths, write_table
+
+
+def for_display(df: pd.DataFrame, *, digits: int = 4) -> pd.DataFrame:
+    """A table as a notebook shows it (HTML in JupyterLab): floats rounded, the first column as
+    the index. Plain values, so its text and HTML are the same on every run (nbval compares them)."""
+    if df.empty:
+        return df
+    return df.set_index(df.columns[0]).round(digits)
+
+
+# --------------------------------------------------------------------------- Tables 1-4
+
+def _emotion_summary(rows: pd.DataFrame) -> str:
+    counts = rows["emotion"].fillna("?").value_counts()
+    return ", ".join(f"{emo} {n}" for emo, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def class_division(index: pd.DataFrame, *, paper_source: str, comparable: bool = True) -> pd.DataFrame:
+    """Per class: our usable count, the source emotions behind it, the paper's count, difference.
+
+    ``paper_source`` picks the paper table to compare with (casme2: Table 1, samm: 2, smic: 3);
+    ``comparable=False`` (SynthME) leaves the difference out: the counts are of different data.
+    """
+    ok = index[index["status"] == "ok"]
+    ref = paper.division(paper_source).set_index("label")
+    rows = []
+    for label in CLASSES:
+        mine = ok[ok["label"] == label]
+        rows.append({
+            "class": label,
+            "emotions (ours)": _emotion_summary(mine),
+            "ours": len(mine),
+            "paper": int(ref.loc[label, "count"]),
+            "ours - paper": len(mine) - int(ref.loc[label, "count"]),
+            "emotions (paper)": (ref.loc[label, "emotions"] if isinstance(ref.loc[label, "emotions"], str)
+                                 else "").replace(";", ", "),
+        })
+    total = {"class": "total", "emotions (ours)": "", "ours": sum(r["ours"] for r in rows),
+             "paper": sum(r["paper"] for r in rows), "emotions (paper)": ""}
+    total["ours - paper"] = total["ours"] - total["paper"]
+    table = pd.DataFrame(rows + [total])
+    return table if comparable else table.drop(columns="ours - paper")
+
+
+def megc_division(index: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: per source and fused, usable counts per class, ours beside the paper's."""
+    ok = index[index["status"] == "ok"]
+    ours = (ok.groupby(["source", "label"]).size().unstack("label")
+            .reindex(index=list(SOURCES), columns=list(CLASSES)).fillna(0).astype(int))
+    ours.loc["fused"] = ours.sum()
+    ours["total"] = ours.sum(axis=1)
+    ref = paper.megc_division()
+    out = pd.DataFrame({"source": ours.index})
+    for col in [*CLASSES, "total"]:
+        out[col] = ours[col].values
+        out[f"{col} (paper)"] = ref[col].values
+        out[f"{col} diff"] = ours[col].values - ref[col].values
+    return out
+
+
+def excluded_and_bad(index: pd.DataFrame) -> pd.DataFrame:
+    """Every row that is not usable, with its status and reason (nothing is silently dropped)."""
+    cols = ["source", "subject", "clip", "emotion", "status", "reason"]
+    return index.loc[index["status"] != "ok", cols].reset_index(drop=True)
+
+
+def status_summary(index: pd.DataFrame) -> pd.DataFrame:
+    """How many rows per status, with what each status means."""
+    from merlib.datasets.schema import STATUS_CODES
+
+    counts = index["status"].value_counts()
+    return pd.DataFrame({"status": counts.index, "rows": counts.values,
+                         "meaning": [STATUS_CODES.get(s, "") for s in counts.index]})
+
+
+def flags_summary(index: pd.DataFrame) -> pd.DataFrame:
+    """Warnings on usable rows (missing apex, apex outside onset-offset), counted."""
+    flags = index.loc[index["status"] == "ok", "flags"].fillna("").astype(str)
+    exploded = flags[flags != ""].str.split(";").explode()
+    counts = exploded.value_counts()
+    return pd.DataFrame({"flag": counts.index, "clips": counts.values})
+
+
+def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: Path,
+                    prov: Provenance, data_root: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """Write notebook 01's tables for one dataset and return them, keyed status, flags,
+    unusable_rows and division (the paper's Table 1, 2, 3 or 4 side by side with ours).
+
+    ``source`` is the format the index came from (for SynthME, its layout), which picks the paper
+    table to compare with; MEGC gets Table 4 (per source and fused).
+    """
+    tables: dict[str, pd.DataFrame] = {"status": status_summary(index),
+                                       "flags": flags_summary(index),
+                                       "unusable_rows": excluded_and_bad(index)}
+    comparable = paper_reference(dataset, source)[1]
+    paper_table = DATASETS[source].paper_table
+    division = (megc_division(index) if len(DATASETS[source].sources) > 1
+                else class_division(index, paper_source=source, comparable=comparable))
+    names = {"status": "index_status", "flags": "index_flags", "unusable_rows": "unusable_rows",
+             "division": f"table{paper_table}_division"}
+    tables["division"] = division
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "index.csv", relative_paths(index, data_root).to_csv(index=False))
+    for key, df in tables.items():
+        write_table(df, out_dir, names[key], prov, paper_table=paper_table, source=source)
+    return tables
+
+
+# --------------------------------------------------------------------------- Tables 5-6, Figure 6
+
+METRICS = ("acc", "uf1", "uar")
+METRIC_LABEL = {"acc": "Acc", "uf1": "UF1", "uar": "UAR"}
+
+
+def paper_reference(dataset: str, source: str) -> tuple[str, bool]:
+    """Which paper column to show beside a run, and whether a difference is meaningful.
+
+    Real datasets compare with their own column. SynthME shows the column of the dataset whose
+    layout it was written in, for reference only: the numbers measure different data.
+    """
+    if DATASETS[dataset].synthetic:
+        return DATASETS[source].paper_column, False
+    return DATASETS[dataset].paper_column, True
+
+
+def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
+    """The profile as tables show it, naming a non-paper input representation the run used."""
+    inputs = set(pred["inputs"]) if pred is not None and "inputs" in pred else {"frames"}
+    extra = sorted(inputs - {"frames"})
+    return f"{profile} ({', '.join(i.replace('_', '-') for i in extra)} maps)" if extra else profile
+
+
+def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
+    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5."""
+    from merlib.metrics import compute_metrics
+
+    ref_ds, comparable = paper_reference(dataset, source)
+    ref = paper.table5()
+    ref = ref[ref["dataset"] == ref_ds].set_index(["blocks", "metric"])["value"]
+    rows = []
+    for k in VARIANT_ORDER:
+        if k not in preds:
+            continue
+        m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
+        row = {"variant": VARIANTS[k], "profile": profile_label(preds[k], profile),
+               "clips": int(m["n"])}
+        for met in METRICS:
+            row[METRIC_LABEL[met]] = m[met]
+        for met in METRICS:
+            row[f"paper {METRIC_LABEL[met]}"] = ref[(k, met)]
+            if comparable:
+                row[f"diff {METRIC_LABEL[met]}"] = m[met] - ref[(k, met)]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: str,
+           baselines: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """The paper's comparison rows as reported, each followed by the same method measured here
+    under merlib's protocol where one was run (baselines and the 10-IB model); ``origin`` says
+    which is which, so the two can never be confused. Each measured baseline follows the paper's
+    row of the same method (``paper_row`` in ``merlib.registry.BASELINES``); one the paper does
+    not list (STSTNet) comes last."""
+    from merlib.metrics import compute_metrics
+
+    ref_ds, _ = paper_reference(dataset, source)
+    t6 = paper.table6()
+    t6 = t6[t6["dataset"] == ref_ds].assign(
+        ref=lambda d: d["ref"].map(lambda r: "" if pd.isna(r) else f"[{int(r)}]"))
+    wide = (t6.pivot(index=["method", "ref"], columns="metric", values="value")
+            .reindex(columns=list(METRICS)).reset_index())
+    order = {m: i for i, m in enumerate(dict.fromkeys(t6["method"]))}
+    wide = wide.sort_values("method", key=lambda s: s.map(order)).reset_index(drop=True)
+    wide = wide.rename(columns=METRIC_LABEL)
+    wide.columns.name = None
+    wide["origin"] = f"reported ({ref_ds} column of the paper)"
+
+    def measured(name: str, pred: pd.DataFrame) -> dict:
+        m = compute_metrics(pred["y_true"], pred["y_pred"])
+        return {"method": name, "ref": "", "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
+                "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset})"}
+
+    extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
+    tail = []
+    for net, pred in (baselines or {}).items():
+        row = measured(net, pred)
+        paper_row = BASELINES[net].paper_row
+        (extra.setdefault(paper_row, []) if paper_row else tail).append(row)
+    rows = []
+    for rec in wide.to_dict(orient="records"):
+        rows += [rec, *extra.get(rec["method"], [])]
+    return pd.DataFrame(rows + tail, columns=wide.columns)
+
+
+def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """MEGC: metrics of each source's subset of the pooled predictions, per variant."""
+    from merlib.metrics import metrics_table
+
+    frames = []
+    for k in VARIANT_ORDER:
+        if k in preds:
+            t = metrics_table(preds[k], by="source").reset_index()
+            t.insert(0, "variant", VARIANTS[k])
+            frames.append(t)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def usable(manifest: pd.DataFrame, *, groundtruth_root: str | Path | None = None) -> pd.DataFrame:
+    """The manifest's processed clips, in a stable order; with ``groundtruth_root`` (a SynthME
+    folder) scored against the generator's true apex (``merlib.synth.scoring``)."""
+    ok = (manifest[manifest["status"] == "ok"].sort_values(["subject", "clip"])
+          .reset_index(drop=True))
+    if groundtruth_root is None:
+        return ok
+    from merlib.synth.scoring import with_groundtruth
+
+    return with_groundtruth(ok, groundtruth_root)
+
+
+def apex_error_table(manifest: pd.DataFrame, *,
+                     groundtruth_root: str | Path | None = None) -> pd.DataFrame:
+    """Detected apex (Eqs. 16-17) against the annotated apex, and, given ``groundtruth_root`` (the
+    SynthME folder the manifest was made from), against SynthME's ground truth.
+
+    Errors are in frames and as a fraction of the onset-offset span.
+    """
+    ok = usable(manifest, groundtruth_root=groundtruth_root)
+    rows = []
+    for ref, abs_col, rel_col in (("annotated apex", "apex_abs_err", "apex_rel_err"),
+                                  ("ground truth (SynthME)", "gt_abs_err", "gt_rel_err")):
+        if abs_col not in ok or ok[abs_col].isna().all():
+            continue
+        e = ok[abs_col].dropna().astype(float)
+        r = ok[rel_col].dropna().astype(float)
+        rows.append({"reference": ref, "clips": len(e), "MAE (frames)": e.mean(),
+                     "median (frames)": e.median(), "MAE (fraction of clip)": r.mean(),
+                     "within 3 frames": (e <= 3).mean(), "within 10% of clip": (r <= 0.1).mean()})
+    return pd.DataFrame(rows)
+
+
+
+def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per status: clips, face-detector calls per clip, frames that fell back to the previous
+    frame's landmarks."""
+    rows = []
+    for status, g in manifest.groupby("status", sort=False):
+        row = {"status": status, "clips": len(g)}
+        if status == "ok":
+            row["detector calls / clip"] = g["detector_calls"].mean()
+            row["landmark fallback frames"] = int(g["n_landmark_fallback"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def calibration_table(figures: dict) -> pd.DataFrame:
+    """SynthME calibration (merlib.synth.calibration.calibrate) as check / measured /
+    target rows: is the synthetic set a fair stand-in for a micro-expression dataset?"""
+    rows = [
+        ("face found by face_recognition (HOG), sampled frames", figures["detection_rate"],
+         ">= 0.99", figures["detection_rate"] >= 0.99),
+        ("LOSO baseline UF1 (logistic regression, apex - onset)", figures["baseline_uf1"],
+         f"well above chance ({figures['chance_uf1']:.3f}) and < 1",
+         figures["chance_uf1"] + 0.15 <= figures["baseline_uf1"] < 1.0),
+        ("largest landmark motion, px at 224 face scale", figures["max_motion_224"], "<= 6",
+         figures["max_motion_224"] <= 6.0),
+    ]
+    return pd.DataFrame(rows, columns=["check", "measured", "target", "met"])
+
