@@ -17,7 +17,7 @@ SANITY_SEEDS ?= 3
 # already holds (say, other tiny variants trained by hand) never changes what nbval compares.
 NBVAL_OUT := $(CURDIR)/build/nbval
 
-.PHONY: all env weights test unit nbval notebooks reproduce lab lab-check clean-env
+.PHONY: all env weights test lint unit nbval notebooks reproduce lab lab-check clean-env
 
 all: test
 
@@ -52,8 +52,15 @@ $(WEIGHTS_TRIED): $(STAMP)
 	@touch $@
 
 test: $(STAMP) $(WEIGHTS_TRIED)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest tests
 	$(MAKE) --no-print-directory nbval
+
+# Style (ruff, settings in pyproject.toml) and the import graph: no cycles, nothing imported from
+# a layer above, no module over 500 lines (tools/import_graph.py; docs/DESIGN.md, "Layers").
+lint: $(STAMP)
+	$(BIN)/ruff check merlib tests bench tools notebooks
+	$(BIN)/python tools/import_graph.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests

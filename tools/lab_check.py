@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                         str(scratch / "chromium-profile"), executable_path=str(CHROMIUM),
                         headless=True, args=CHROMIUM_ARGS,
                         viewport={"width": args.width, "height": 900})
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
                     print(f"lab-check: cannot start {CHROMIUM}: {_short(str(e), 200)}")
                     return 2
                 try:
@@ -559,13 +559,13 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             problems += check_notebook(page, base, rel, nb, shot, args.timeout,
                                                        args.width, args.max_height)
-                        except Exception as e:  # a page that never loads is a finding, not a crash
+                        except Exception as e:  # noqa: BLE001 - a page that never loads is a finding
                             problems.append(f"browser: {type(e).__name__}: {_short(str(e), 160)}")
                         finally:
                             try:
                                 page.evaluate(END_SESSIONS_JS)
-                            except Exception:
-                                pass  # the server's own shutdown ends any kernel left
+                            except Exception:  # noqa: BLE001 - the server's own shutdown ends any kernel left
+                                pass
                             page.close()
                         failed |= bool(problems)
                         print(report_line(rel, problems), flush=True)
