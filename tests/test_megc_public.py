@@ -182,3 +182,90 @@ def test_bad_flow_files_name_the_clip_and_the_file(tmp_path):
     Image.fromarray(noise(2, (28, 28, 3))[..., 0]).save(grey)
     with pytest.raises(FlowReadError, match="28x28 L; expected"):
         read_flow(grey, clip="x/y")
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+@pytest.fixture(scope="module")
+def face_release(tmp_path_factory, face_crops):
+    """Three samples whose apex images are face crops: one the detector finds, one it misses
+    (the padded route finds it), and a blank frame."""
+    root = tmp_path_factory.mktemp("faces")
+    write_megc_public(root, [
+        sample("casme2", "sub01", "EP02_01f", 1, 0, image=face_crops["loose"]),
+        sample("samm", "006", "006_1_2", 0, 1, image=face_crops["tight"]),
+        sample("smic", "s01", "s01_ne_01", 0, 2, image=np.full((224, 224, 3), 128, np.uint8)),
+    ])
+    index = build_index(root)
+    return index[index["status"] == "ok"].reset_index(drop=True)
+
+
+def _row(index: pd.DataFrame, clip: str) -> dict:
+    return {k: (None if v is pd.NA else v)
+            for k, v in index[index["clip"] == clip].iloc[0].to_dict().items()}
+
+
+def test_a_single_frame_clip_is_its_apex_aligned_with_blocks(face_release):
+    from merlib.preprocess import align
+    from merlib.preprocess.recipe import process_clip
+
+    row = _row(face_release, "EP02_01f")
+    out = process_clip(row, preprocess_config())
+    z, rec = out["arrays"], out["record"]
+    assert z["frames"].shape == (1, 224, 224, 3)
+    assert z["landmarks"].shape == (1, 72, 2) and z["ip24"].shape == (1, 24, 2)
+    assert z["ip10"].shape == (1, 10, 2) and z["side10"].shape == (1, 10)
+    for key in ("landmarks", "ip10"):
+        assert np.all((z[key] >= 0) & (z[key] < 224)), key
+    assert list(z["frame_numbers"]) == [1]
+    assert (rec["onset"], rec["apex_used"], rec["offset"]) == (1, 1, 1)
+    assert rec["apex_source"] == "annotated" and rec["apex_abs_err"] == 0
+    assert (rec["n_frames_span"], rec["n_frames_tim"]) == (1, 1)
+    assert rec["face_route"] == "detector" and rec["face_rejected"] == ""
+    # TIM of one frame is the frame itself: the output is the apex image, aligned
+    maps = align.alignment_map(z["landmarks68_source"].astype(np.float64))
+    np.testing.assert_array_equal(z["frames"],
+                                  align.apply_alignment(read_frame(row["frame_file"])[None], maps))
+
+
+def test_a_single_frame_clip_refuses_a_multi_frame_config(face_release):
+    from merlib.preprocess.recipe import ClipFailed, PreprocessConfig, process_clip
+
+    row = _row(face_release, "EP02_01f")
+    for cfg in (PreprocessConfig(), PreprocessConfig(min_frames=1)):
+        with pytest.raises(ClipFailed) as err:
+            process_clip(row, cfg)
+        assert err.value.status == "too_few_frames"
+        assert "sub01/EP02_01f" in err.value.reason and "n_frames=1" in err.value.reason
+    assert preprocess_config() == PreprocessConfig(n_frames=1, min_frames=1)
+    assert preprocess_config(size=112).size == 112
+
+
+def test_face_routes_are_recorded_in_the_manifest(face_release, tmp_path):
+    from merlib.preprocess.cache import cache_folder, load_manifest
+    from merlib.preprocess.workers import run
+
+    cfg = preprocess_config()
+    manifest = run(face_release, cfg, tmp_path, jobs=1, progress=False)
+    m = {r["clip"]: r for r in manifest.to_dict("records")}
+    assert m["EP02_01f"]["status"] == "ok" and m["EP02_01f"]["face_route"] == "detector"
+    tight = m["006_1_2"]
+    assert tight["status"] == "ok" and tight["face_route"] == "padded"
+    assert tight["detector_calls"] == 3  # detector, padded, and the check of the padded box
+    # a blank frame: the whole-frame route offers a box, the check turns it down by name
+    blank = m["s01_ne_01"]
+    assert blank["status"] == "no_landmarks" and blank["face_route"] == ""
+    assert "s01/s01_ne_01" in blank["reason"]
+    assert "whole_frame: no face on the aligned frame" in blank["reason"]
+    on_disk = load_manifest(cache_folder(tmp_path, "megc-public", cfg) / "manifest.csv")
+    assert dict(zip(on_disk["clip"], on_disk["face_route"])) == {
+        "EP02_01f": "detector", "s01_ne_01": "", "006_1_2": "padded"}
+
+
+def test_a_manifest_without_face_routes_still_loads(tmp_path):
+    from merlib.preprocess.cache import load_manifest
+
+    path = tmp_path / "manifest.csv"
+    path.write_text("dataset,source,subject,clip,label,stage,status,reason,file,apex_source\n"
+                    "casme2,casme2,sub01,EP02_01f,positive,preprocess,ok,,/x.npz,annotated\n")
+    assert load_manifest(path)["face_route"].tolist() == [""]
