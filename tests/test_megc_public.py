@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from merlib.datasets import DatasetNotFound, megc_public, read_frame
+from merlib.datasets import DatasetNotFound, read_frame
 from merlib.datasets.megc_public import (CSV_NAME, EXTRA_COLUMNS, FlowReadError, build_index,
                                          preprocess_config, read_flow)
 from merlib.datasets.schema import INDEX_COLUMNS, STATUS_CODES
