@@ -199,9 +199,9 @@ def frame_paths(frames_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(frames.items()))
 
 
-def read_frame(path: str | Path) -> np.ndarray:
-    """One frame file as an (H, W, 3) uint8 RGB array; FrameReadError naming the file if the
-    image is truncated or unreadable."""
+def load_image(path: str | Path, what: str = "frame") -> Image.Image:
+    """An image file fully decoded (a detached PIL image); FrameReadError naming the file (as
+    ``what``) if it is truncated, missing or not an image."""
     path = Path(path)
     # face_recognition sets PIL's LOAD_TRUNCATED_IMAGES process-wide on import, which would let
     # truncated frames decode silently with a grey bottom; be strict whatever was imported.
@@ -210,11 +210,17 @@ def read_frame(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decodes fully: truncated files fail here, not later
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return im.copy()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise FrameReadError(f"cannot read frame {path}: {exc}") from exc
+        raise FrameReadError(f"cannot read {what} {path}: {exc}") from exc
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """One frame file as an (H, W, 3) uint8 RGB array; FrameReadError naming the file if the
+    image is truncated or unreadable."""
+    return np.asarray(load_image(path).convert("RGB"), dtype=np.uint8)
 
 
 def read_frames(frames_dir: str | Path, numbers: Iterable[int]) -> np.ndarray:

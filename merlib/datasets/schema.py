@@ -15,7 +15,7 @@ import numpy as np
 
 # Column order of every index CSV.
 INDEX_COLUMNS = [
-    "dataset",     # casme2 | samm | smic | megc | synthme: the dataset the index was built for
+    "dataset",     # casme2 | samm | smic | megc | megc-public | synthme: the index's dataset
     "source",      # casme2 | samm | smic: whose on-disk format the row came from
     "subject",     # canonical: casme2 'sub01', samm '006', smic 's01' (the MEGC list's spelling)
     "clip",        # canonical: 'EP02_01f', '006_1_2', 's01_ne_01'
@@ -42,6 +42,9 @@ STATUS_CODES = {
     "bad_annotation": "onset/offset in the sheet cannot be parsed as frame numbers",
     "frames_out_of_range": "onset/offset do not fall among the frames on disk",
     "not_in_source": "listed by MEGC2019 but absent from the source dataset's index",
+    "not_in_list": "in a MEGC2019 release but not in the official 442-sample list (not used)",
+    "missing_file": "a file the clip needs (its one frame, its flow image) is not on disk",
+    "unreadable_file": "a file the clip needs is truncated, not an image, or of the wrong size",
 }
 
 # MEGC2019 3-class rules. Keys are lower-case source emotion words.

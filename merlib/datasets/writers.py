@@ -195,3 +195,47 @@ def write_smic(root, clips: Iterable[ClipRecord], *, cropped: bool = False,
         folder = root / "HS" / subj / "micro" / clip.emotion.lower() / name
         _write_frames(clip, folder, lambda n: f"{prefix}{n:06d}.bmp", quality=None)
     return root
+
+
+MEGC_PUBLIC_COLUMNS = ["dataset", "sub", "filename_o", "label", "apex", "imagename", "sub_filename"]
+
+
+def megc_public_image_name(dataset: str, sub: str, filename_o: str) -> str:
+    """The release's apex image name: ``<sub>_<filename_o>.jpg``, SMIC clips in the short
+    spelling (``s01`` + ``s01_ne_01`` -> ``s01_s1_ne_01.jpg``)."""
+    clip = re.sub(r"^s0*(\d+)", r"s\1", filename_o) if dataset == "smic" else filename_o
+    return f"{sub}_{clip}.jpg"
+
+
+def write_megc_public(root, samples: Iterable[dict]) -> Path:
+    """A look-alike of the public MEGC2019 release (HTNet's layout, see ``megc_public``):
+    ``root/combined_3_class2_for_optical_flow.csv``, the apex images (JPEG q95) under
+    ``root/datasets/combined_datasets_whole/`` and the flow images (PNG) under
+    ``root/datasets/STSNet_whole_norm_u_v_os/``. Returns ``root``.
+
+    Each sample is a dict: ``dataset``, ``sub``, ``filename_o``, ``label`` (written as given, e.g.
+    0/1/2), ``image`` ((H, W, 3) uint8 or None: no file) and ``flow`` ((28, 28, 3) uint8 or None).
+    Optional: ``imagename`` (default ``megc_public_image_name``) and ``flow_name`` (default
+    ``'<sub>_<filename_o> .png'``, the space before ``.png`` as in the release)."""
+    root = Path(root)
+    images = root / "datasets" / "combined_datasets_whole"
+    flows = root / "datasets" / "STSNet_whole_norm_u_v_os"
+    images.mkdir(parents=True, exist_ok=True)
+    flows.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(MEGC_PUBLIC_COLUMNS)]
+    for s in samples:
+        imagename = s.get("imagename") or megc_public_image_name(s["dataset"], s["sub"],
+                                                                 s["filename_o"])
+        lines.append(",".join([s["dataset"], s["sub"], s["filename_o"], str(s["label"]), "",
+                               imagename, ""]))
+        if s.get("image") is not None:
+            _save_image(s["image"], images / imagename, quality=95)
+        if s.get("flow") is not None:
+            flow = np.asarray(s["flow"])
+            if flow.dtype != np.uint8 or flow.shape != (28, 28, 3):
+                raise ValueError(f"flow of {s['filename_o']} must be (28, 28, 3) uint8, got "
+                                 f"{flow.shape} {flow.dtype}")
+            name = s.get("flow_name") or f"{s['sub']}_{s['filename_o']} .png"
+            Image.fromarray(flow).save(flows / name, format="PNG")
+    (root / "combined_3_class2_for_optical_flow.csv").write_text("\n".join(lines) + "\n")
+    return root

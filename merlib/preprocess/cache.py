@@ -34,7 +34,7 @@ MANIFEST_COLUMNS = [
     "dataset", "source", "subject", "clip", "label", "stage", "status", "reason", "file",
     "onset", "offset", "apex_source", "apex_annotated", "apex_detected", "apex_used",
     "apex_abs_err", "apex_rel_err", "n_frames_span", "n_frames_tim", "n_landmark_fallback",
-    "detector_calls", "seconds", *[f"t_{s}" for s in STEPS],
+    "detector_calls", "face_route", "seconds", *[f"t_{s}" for s in STEPS],
 ]
 # The index columns every record and manifest row starts with.
 ROW_FIELDS = ("dataset", "source", "subject", "clip", "label")
@@ -140,7 +140,7 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
             out.append({**base, "stage": "preprocess",
                         **{k: rec.get(k) for k in MANIFEST_COLUMNS if k in rec}})
     manifest = pd.DataFrame(out, columns=MANIFEST_COLUMNS)
-    for col in ("reason", "file", "apex_source"):
+    for col in ("reason", "file", "apex_source", "face_route"):
         manifest[col] = manifest[col].astype(object).fillna("").astype(str)
     for col in ("onset", "offset", "apex_annotated", "apex_detected", "apex_used",
                 "n_frames_span", "n_frames_tim", "n_landmark_fallback", "detector_calls"):
@@ -153,10 +153,12 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """A manifest.csv as ``write_manifest`` writes it: names as text, empty text cells as ''."""
     text = ["dataset", "source", "subject", "clip", "label", "stage", "status", "reason", "file",
-            "apex_source"]
+            "apex_source", "face_route"]
     manifest = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False,
                            na_values=[""])
-    manifest[text] = manifest[text].fillna("")
+    # A manifest written before face_route was recorded still loads, with the column empty.
+    for col in text:
+        manifest[col] = manifest[col].fillna("") if col in manifest.columns else ""
     return manifest
 
 

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from merlib.faces import Box, detect_face, landmarks68  # noqa: F401  (one face finder; re-exported)
+from merlib.faces import (Box, FaceFind, detect_face, find_face,  # noqa: F401  (one face finder;
+                          landmarks68)                               # re-exported)
 
 # fr72 index (0-based) -> dlib68 index (0-based); mirrors face_recognition.api.face_landmarks.
 FR72_FROM_DLIB68 = np.array(
