@@ -17,7 +17,7 @@ SANITY_SEEDS ?= 3
 # already holds (say, other tiny variants trained by hand) never changes what nbval compares.
 NBVAL_OUT := $(CURDIR)/build/nbval
 
-.PHONY: all env weights test lint unit nbval notebooks reproduce lab lab-check clean-env
+.PHONY: all env weights test lint unit nbval notebooks reproduce lab lab-check clean-env device-pack device-check-dry
 
 all: test
 
@@ -55,6 +55,7 @@ test: $(STAMP) $(WEIGHTS_TRIED)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest tests
 	$(MAKE) --no-print-directory nbval
+	$(MAKE) --no-print-directory device-check-dry
 
 # Style (ruff, settings in pyproject.toml) and the import graph: no cycles, nothing imported from
 # a layer above, no module over 500 lines (tools/import_graph.py; docs/DESIGN.md, "Layers").
@@ -90,6 +91,15 @@ lab: $(STAMP)
 # screenshots in docs/screenshots/. NB_DIR=runs/<run> checks a batch run's copies instead.
 lab-check: $(STAMP)
 	$(BIN)/python tools/lab_check.py $(if $(NB_DIR),--dir $(NB_DIR),)
+
+# The GPU check (issue 22, bench/device_check.py): the folder it travels with, made here (the demo
+# SynthME's clips as JPEG, ImageNet VGG16 conv1_1..conv5_2 in fp16), and the one command line.
+device-pack: $(STAMP) $(WEIGHTS_TRIED)
+	$(BIN)/python bench/device_pack.py build/device-pack --preset demo --require-weights
+
+# The same check on the CPU with a tiny pack: every step but the CUDA-only figures (make test).
+device-check-dry: $(STAMP)
+	bash bench/device_check.sh --dry-run --out build/device-check-dry
 
 clean-env:
 	rm -rf $(VENV)

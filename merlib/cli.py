@@ -11,10 +11,11 @@ from pathlib import Path
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from merlib.datasets import build_index, DatasetNotFound
+    from merlib.datasets import DatasetNotFound, build_index
+    from merlib.registry import DATASETS
 
     try:
-        index = build_index(args.dataset, args.data_root)
+        index = build_index(DATASETS[args.dataset].loader, args.data_root)
     except (DatasetNotFound, ValueError) as exc:  # no dataset found, or a malformed sheet
         print(f"merlib index: {exc}", file=sys.stderr)
         return 2
@@ -130,15 +131,14 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from merlib.datasets import LOADERS
     from merlib.options import DATA_GROUPS, OPTIONS, add_arguments, add_executor_arguments
-    from merlib.registry import SYNTH_LAYOUTS, SYNTH_PRESETS
+    from merlib.registry import DATASETS, SYNTH_LAYOUTS, SYNTH_PRESETS
 
     p = argparse.ArgumentParser(prog="merlib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("index", help="write the sample index of a dataset as CSV")
-    s.add_argument("--dataset", required=True, choices=LOADERS)
+    s.add_argument("--dataset", required=True, choices=[d for d, e in DATASETS.items() if not e.synthetic])
     s.add_argument("--data-root", required=True, help="folder the dataset was unpacked into")
     s.add_argument("--out", help="CSV file (default: standard output)")
     s.set_defaults(func=_cmd_index)

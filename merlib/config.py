@@ -285,6 +285,19 @@ PROFILES = {
 }
 
 
+def dataset_defaults(data: DataConfig, profile: str) -> tuple[PreprocessConfig, TrainConfig]:
+    """The preprocessing and training settings a run of ``profile`` on ``data`` starts from: the
+    profile's, with what the dataset's registry entry changes (a single-frame release: one
+    frame per clip, and its own map inputs under ``quick``)."""
+    entry = DATASETS[data.dataset]
+    prep = PreprocessConfig(apex=apex_for(data.loader),
+                            **({"n_frames": 1, "min_frames": 1} if entry.single_frame else {}))
+    train = PROFILES[profile]
+    if entry.quick_inputs and not train.stream:
+        train = dataclasses.replace(train, inputs=entry.quick_inputs)
+    return prep, train
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """Where the folds run. Not part of a run's identity: the same seed gives the same
@@ -348,8 +361,8 @@ class RunConfig:
             parts = [f"{self.train.profile}-blocks{self.train.blocks}"]
         else:  # a baseline has no blocks: <net>-<profile>
             parts = [f"{self.train.net}-{self.train.profile}"]
-        default_train = to_jsonable(PROFILES[self.train.profile])
-        default_prep = to_jsonable(PreprocessConfig(apex=apex_for(self.data.loader)))
+        prep, train = dataset_defaults(self.data, self.train.profile)
+        default_train, default_prep = to_jsonable(train), to_jsonable(prep)
         changed = (flat_diff(to_jsonable(self.train), default_train,
                               skip={"profile", "model.blocks", "net", "loader_workers"})
                    + flat_diff(to_jsonable(self.preprocess), default_prep))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from merlib import metrics
@@ -136,6 +137,21 @@ def read_run(config: RunConfig, paths: Paths | None = None) -> tuple[pd.DataFram
     return pred, json.loads(files[1].read_text()), json.loads(files[2].read_text())
 
 
+def read_epoch_probs(config: RunConfig, paths: Paths | None = None) -> dict[int, np.ndarray] | None:
+    """Per fold of a finished run, its held-out clips' probabilities after every epoch (the
+    oracle diagnostic's input); None when any fold has none (an SVM, or a run from before they
+    were recorded)."""
+    from merlib.loso import EPOCHS_FILE
+
+    out = {}
+    for d in sorted((run_dir(config, paths) / "folds").glob("[0-9]*_*")):
+        if not (d / EPOCHS_FILE).is_file():
+            return None
+        with np.load(d / EPOCHS_FILE) as z:
+            out[int(d.name.split("_", 1)[0])] = z["probs"]
+    return out or None
+
+
 def per_fold_metrics(pred: pd.DataFrame) -> pd.DataFrame:
     """Acc / UF1 / UAR of each held-out subject (for inspection only; the result is the pooled row)."""
     rows = []
@@ -242,6 +258,18 @@ class Run:
             except MissingRun:
                 missing[net] = train_command(self.baseline(net))
         return preds, missing
+
+    def oracle(self, preds: dict[int, pd.DataFrame],
+               baseline_preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        """The oracle diagnostic of every finished run that recorded its epochs: honest (last
+        epoch) beside what choosing the epoch on the test subject would have reported (not a
+        valid result; ``metrics.oracle_metrics``)."""
+        from merlib.report.tables import oracle_table
+
+        runs = [(VARIANTS[k], p, read_epoch_probs(self.variant(k), self.paths)) for k, p in preds.items()]
+        runs += [(net, p, read_epoch_probs(self.baseline(net), self.paths))
+                 for net, p in baseline_preds.items()]
+        return oracle_table([r for r in runs if r[2] is not None])
 
     def weights_used(self, blocks=VARIANT_ORDER) -> str:
         """The VGG16 weights the finished variants were trained on, as their configs record."""

@@ -40,6 +40,9 @@ from merlib.registry import CLASSES
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
 PLAN_FILE = "plan.json"
+# Per fold, the held-out clips' probabilities after every epoch (epochs, n_test, 3): the input of
+# the oracle diagnostic (metrics.oracle_metrics), which no result, checkpoint or choice reads.
+EPOCHS_FILE = "epoch_probs.npz"
 
 
 class ResumeRefused(ValueError):
@@ -201,6 +204,10 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *, context: Cont
         pred["inputs"] = cfg.inputs
     else:  # blocks and map inputs are the paper model's; a baseline has its own features
         pred["net"] = cfg.net
+    epoch_probs = record.pop("epoch_probs", None)
+    if epoch_probs is not None:  # the oracle diagnostic's input; never read to choose anything
+        with atomic_path(out / EPOCHS_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probs=np.asarray(epoch_probs, np.float32))
     state = ctx.checkpoint() if cfg.checkpoints else None
     if state is not None:
         with atomic_path(out / "checkpoint.pt") as tmp:

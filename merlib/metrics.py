@@ -88,3 +88,32 @@ def metrics_table(predictions: pd.DataFrame, by: str | None = None, *,
     table = pd.DataFrame.from_dict(rows, orient="index")[["acc", "uf1", "uar", "n"]]
     table.index.name = by or "subset"
     return table
+
+
+ORACLE_LABEL = "oracle: epoch chosen on the test subject (not a valid result)"
+
+
+def oracle_metrics(pred: pd.DataFrame, epoch_probs: dict[int, np.ndarray], *,
+                   labels: Sequence[int] = LABELS) -> dict:
+    """What picking, for each held-out subject, the epoch that scored best on that very subject
+    would have reported: **not a valid result** (:data:`ORACLE_LABEL`), a diagnostic of how much
+    such test-set selection inflates a number. Many published MEGC results select so; merlib's
+    results never do (the model after the last epoch predicts).
+
+    ``pred``: a run's pooled predictions (fold, y_true per held-out clip, in each fold's order);
+    ``epoch_probs``: per fold, the held-out clips' probabilities after every epoch (epochs,
+    n_test, classes). Per fold the epoch with the most correct predictions wins (ties: the
+    earliest). Returns {"acc", "uf1", "uar", "n", "epochs": chosen epoch (1-based) per fold}."""
+    ys, ps, chosen = [], [], {}
+    for fold, g in pred.groupby("fold", sort=True):
+        y = g["y_true"].to_numpy()
+        probs = np.asarray(epoch_probs[int(fold)])
+        if probs.ndim != 3 or probs.shape[1] != len(y):
+            raise ValueError(f"fold {fold}: epoch probabilities of shape {probs.shape} for "
+                             f"{len(y)} held-out clips")
+        correct = (probs.argmax(2) == y[None]).sum(1)  # per epoch
+        best = int(np.argmax(correct))
+        chosen[int(fold)] = best + 1
+        ys.append(y)
+        ps.append(probs[best].argmax(1))
+    return {**compute_metrics(np.concatenate(ys), np.concatenate(ps), labels=labels), "epochs": chosen}

@@ -130,9 +130,12 @@ class TransferLayer(nn.Sequential):
     ``<i>.weight``; the VGG layers are shared with ``layers``, not copied. Runs without autograd
     when frozen (no stored activations)."""
 
-    def __init__(self, *, layers: nn.Sequential, normalize: bool = True) -> None:
+    def __init__(self, *, layers: nn.Sequential, normalize: bool = True, chunk_frames: int = 16) -> None:
         super().__init__(OrderedDict(layers.named_children()))
-        self.normalize = normalize  # plain attribute: not a child, so not iterated or indexed
+        self.normalize = normalize  # plain attributes: not children, so not iterated or indexed
+        # Frozen, the layer runs this many frames at a time: conv1's 64×224×224 activations of a
+        # whole batch (16 clips × 10 frames: 2 GB in float32) would otherwise set the peak memory.
+        self.chunk_frames = chunk_frames
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):  # nn.Sequential would call our keyword-only constructor
@@ -147,11 +150,18 @@ class TransferLayer(nn.Sequential):
             raise TypeError(f"frames must be float RGB in [0, 1], got {frames.dtype}")
         b, t = frames.shape[:2]
         x = frames.flatten(0, 1)  # (B·T, 3, 224, 224)
-        if self.normalize:
-            x = TF.normalize(x, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
         with _grad_for(self):
-            x = super().forward(x)  # (B·T, 512, 28, 28)
-        return x.unflatten(0, (b, t))  # (B, T, 512, 28, 28)
+            if torch.is_grad_enabled() or len(x) <= self.chunk_frames:
+                out = super().forward(self._normalized(x))  # (B·T, 512, 28, 28)
+            else:  # nothing to keep for a backward pass: a chunk of frames at a time
+                out = torch.cat([super(TransferLayer, self).forward(self._normalized(x[i:i + self.chunk_frames]))
+                                 for i in range(0, len(x), self.chunk_frames)])
+        return out.unflatten(0, (b, t))  # (B, T, 512, 28, 28)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            return TF.normalize(x, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        return x
 
 
 class GlobalAttention(nn.Module):

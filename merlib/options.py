@@ -11,12 +11,13 @@ by its dotted name through ``overrides`` (``merlib train --set train.lr=1e-3``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 from dataclasses import dataclass, fields
 
-from merlib.config import (PROFILE_NAMES, PROFILES, DataConfig, ExecutorConfig, PreprocessConfig,
-                           RunConfig, apex_for, flat_diff, with_overrides)
+from merlib.config import (PROFILE_NAMES, DataConfig, ExecutorConfig, RunConfig, apex_for,
+                           dataset_defaults, flat_diff, with_overrides)
 from merlib.registry import (APEX_SOURCES, DATASETS, EXECUTORS, INPUTS, NETS, SCHEMES,
                              SYNTH_LAYOUTS, SYNTH_PRESETS, VARIANT_ORDER)
 
@@ -108,8 +109,9 @@ def make_run_config(*, executor: ExecutorConfig | None = None, **options) -> Run
         raise ValueError(f"profile must be one of {PROFILE_NAMES}, got {v['profile']!r}")
     data = DataConfig(dataset=v["dataset"], root=str(v["data_root"] or ""),
                       preset=v["synth_preset"], layout=v["synth_layout"], seed=v["synth_seed"])
-    prep = PreprocessConfig(apex=apex_for(data.loader, v["apex"]), scheme=v["scheme"])
-    config = RunConfig(data, prep, PROFILES[v["profile"]], executor or ExecutorConfig())
+    prep, train = dataset_defaults(data, v["profile"])
+    prep = dataclasses.replace(prep, apex=apex_for(data.loader, v["apex"]), scheme=v["scheme"])
+    config = RunConfig(data, prep, train, executor or ExecutorConfig())
     settings = {o.target: v[name] for name, o in OPTIONS.items()
                 if o.target.startswith("train.") and name != "profile"
                 and not (o.keeps_profile and not v[name])}

@@ -235,7 +235,9 @@ class ModelContext:
     def fit_predict(self, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, *,
                     seed: int, progress: bool = False) -> tuple[np.ndarray, dict]:
         """Train on ``train_idx`` from the initial weights, predict ``test_idx`` after the last
-        epoch: probabilities (n_test, 3) and a record for fold.json (per-epoch losses...)."""
+        epoch: probabilities (n_test, 3) and a record for fold.json (per-epoch losses...); the
+        record's ``epoch_probs`` (epochs, n_test, 3), the held-out clips' probabilities after
+        every epoch, are kept for the oracle diagnostic alone (``merlib.metrics``)."""
         raise NotImplementedError
 
 
@@ -261,9 +263,14 @@ class CachedContext(ModelContext):
         inputs = MapInputs.fit(self.moments, train_idx, self.cfg.inputs)  # training subjects only
         rng = np.random.default_rng(seed)
         y = torch.as_tensor(labels)
-        losses = [train_one_epoch(self, opt, y, train_idx, fold_cfg, inputs, rng)
-                  for _ in tqdm(range(self.cfg.epochs), desc="epochs", leave=False, disable=not progress)]
-        return evaluate(self, test_idx, inputs), {"inputs": dataclasses.asdict(inputs), "losses": losses}
+        losses, epochs = [], []
+        for _ in tqdm(range(self.cfg.epochs), desc="epochs", leave=False, disable=not progress):
+            losses.append(train_one_epoch(self, opt, y, train_idx, fold_cfg, inputs, rng))
+            # Recorded for the oracle diagnostic only (metrics.oracle_metrics); evaluation draws
+            # no random number, so training goes on exactly as without it.
+            epochs.append(evaluate(self, test_idx, inputs))
+        return epochs[-1], {"inputs": dataclasses.asdict(inputs), "losses": losses,
+                            "epoch_probs": np.stack(epochs)}
 
 
 @dataclass
@@ -277,11 +284,15 @@ class StreamContext(ModelContext):
                              np.random.default_rng(seed), seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)  # the augmentation draws
         y = torch.as_tensor(labels)
-        losses = [train_one_epoch_stream(self, opt, y, loader, fold_cfg, generator)
-                  for _ in tqdm(range(self.cfg.epochs), desc="epochs", leave=False, disable=not progress)]
+        # the held-out clips are few: read in-process, no loader workers started at every epoch
+        eval_cfg = dataclasses.replace(self.cfg, loader_workers=0)
+        losses, epochs = [], []
+        for _ in tqdm(range(self.cfg.epochs), desc="epochs", leave=False, disable=not progress):
+            losses.append(train_one_epoch_stream(self, opt, y, loader, fold_cfg, generator))
+            epochs.append(evaluate_stream(self, test_idx, eval_cfg))  # oracle diagnostic only
         del loader  # stops its workers
-        return (evaluate_stream(self, test_idx, self.cfg),
-                {"inputs": {"inputs": "frames", "stream": True}, "losses": losses})
+        return epochs[-1], {"inputs": {"inputs": "frames", "stream": True}, "losses": losses,
+                            "epoch_probs": np.stack(epochs)}
 
 
 def place_model(config: RunConfig) -> tuple[MERNet, str, torch.device]:

@@ -133,3 +133,26 @@ def test_metrics_table_bad_frames():
     with pytest.raises(ValueError, match="missing values"):
         metrics_table(pd.DataFrame({"y_true": [0, 1], "y_pred": [0, 1], "source": ["samm", None]}),
                       by="source")
+
+
+def test_the_oracle_picks_each_subjects_best_epoch_not_the_last():
+    """A toy run of two folds and three epochs where the best epoch on the test subject is known
+    and differs from the last one: the oracle reports those epochs; the honest number is the last
+    epoch's."""
+    import numpy as np
+
+    from merlib.metrics import oracle_metrics
+
+    def onehot(classes):
+        return np.eye(3)[classes] * 0.9 + 0.05
+
+    pred = pd.DataFrame({"fold": [0, 0, 1, 1], "y_true": [0, 1, 2, 2]})
+    epochs = {0: np.stack([onehot([2, 2]), onehot([0, 1]), onehot([0, 0])]),   # best: epoch 2
+              1: np.stack([onehot([2, 2]), onehot([0, 0]), onehot([2, 0])])}   # best: epoch 1
+    oracle = oracle_metrics(pred, epochs)
+    assert oracle["epochs"] == {0: 2, 1: 1}
+    assert oracle["acc"] == 1.0 and oracle["uf1"] == 1.0
+    last = compute_metrics(pred["y_true"], np.concatenate([epochs[0][-1].argmax(1), epochs[1][-1].argmax(1)]))
+    assert last["acc"] == 0.5 < oracle["acc"]
+    with pytest.raises(ValueError, match="fold 1"):
+        oracle_metrics(pred, {0: epochs[0], 1: epochs[1][:, :1]})

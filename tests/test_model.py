@@ -190,6 +190,25 @@ def test_transfer_layer_normalizes_and_runs_per_frame(vgg):
     assert raw(frames).requires_grad
 
 
+def test_a_frozen_transfer_layer_runs_in_chunks_of_frames_with_the_same_maps(vgg):
+    """Issue 22: the frozen layer's peak memory must not scale with batch × frames, so it runs a
+    chunk of frames at a time; the maps are those of one pass over all frames."""
+    layers = copy.deepcopy(vgg[:19]).requires_grad_(False)
+    whole = TransferLayer(layers=layers, chunk_frames=1000).eval()
+    chunked = TransferLayer(layers=layers, chunk_frames=3).eval()
+    seen = []
+    hook = layers[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    frames = torch.rand(2, 4, 3, 32, 32)  # 8 frames
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(frames), whole(frames), rtol=1e-5, atol=1e-6)
+    assert seen == [3, 3, 2, 8]  # the chunked pass, then the whole one
+    seen.clear()
+    layers.requires_grad_(True)  # trained: one pass, its activations kept for the backward
+    chunked(frames)
+    assert seen == [8]
+    hook.remove()
+
+
 # ---------------------------------------------------------------------------------------------
 # per-block weights
 

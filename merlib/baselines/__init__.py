@@ -58,10 +58,17 @@ def make_net(name: str):
     return getattr(nets, entry.net)(**entry.net_kwargs)
 
 
-def hyperparameters(name: str) -> dict:
+def feature_kind(name: str, flow_from: str = "frames") -> str:
+    """The feature kind a baseline reads: its own, except that a flow net on a dataset that ships
+    its flow (``registry.Dataset.flow_from == "file"``) reads those images."""
+    kind = baseline(name).features
+    return "flow_file" if kind == "flow" and flow_from == "file" else kind
+
+
+def hyperparameters(name: str, flow_from: str = "frames") -> dict:
     """Everything fixed for a baseline, with its source, as plain JSON-able data."""
     entry = baseline(name)
-    settings = _features.SETTINGS[entry.features]
+    settings = _features.SETTINGS[feature_kind(name, flow_from)]
     out = {"name": name, "source": entry.source, "unverified": list(entry.unverified),
            "features": copy.deepcopy(settings), "features_key": _features.settings_key(settings)}
     if not entry.net:
@@ -86,15 +93,18 @@ def hyperparameters(name: str) -> dict:
 
 
 def build_features(name: str, manifest: pd.DataFrame, cache_dir: str | Path, *, jobs: int = 0,
-                   progress: bool = False) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+                   progress: bool = False, flow_from: str = "frames"
+                   ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Features of the manifest's usable rows (status == "ok"), in manifest order.
 
     Returns X (N, ...) float32 — lbptop-svm (N, 1200), ststnet (N, 3, 28, 28), off-apexnet
     (N, 2, 28, 28) — the kept rows' meta (dataset, source, subject, clip, label) and the failed
     clips (subject, clip, reason). Per-clip features are cached under ``cache_dir`` (the flow
-    once for both nets); ``jobs`` worker processes (0: one per core, 1: none)."""
+    once for both nets); ``jobs`` worker processes (0: one per core, 1: none). ``flow_from``:
+    "file" reads a release's own flow images (the manifest's ``flow_file``)."""
     entry = baseline(name)
-    X, meta, failed = _features.build(entry.features, manifest, cache_dir, jobs=jobs, progress=progress)
+    X, meta, failed = _features.build(feature_kind(name, flow_from), manifest, cache_dir, jobs=jobs,
+                                      progress=progress)
     if entry.channels:
         X = minmax_scale(X[:, list(entry.channels)], scale=INPUT_SCALE)
     return X, meta, failed

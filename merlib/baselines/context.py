@@ -13,7 +13,7 @@ from merlib.baselines import build_features, epochs_for, fit_predict, hyperparam
 from merlib.clips import META_COLUMNS
 from merlib.config import RunConfig, TrainConfig
 from merlib.devices import resolve_device
-from merlib.registry import label_ids
+from merlib.registry import DATASETS, label_ids
 
 
 @dataclass
@@ -29,12 +29,13 @@ class BaselineContext:
     device: torch.device
     features_dir: Path
     cfg: TrainConfig
+    flow_from: str = "frames"
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def config_entry(self) -> dict:
-        return {"weights_used": "none (baseline)", "baseline": hyperparameters(self.name),
+        return {"weights_used": "none (baseline)", "baseline": hyperparameters(self.name, self.flow_from),
                 "failed_clips": self.failed.to_dict(orient="records")}
 
     def plan_entry(self) -> dict:
@@ -56,10 +57,13 @@ def build_context(manifest: pd.DataFrame, config: RunConfig, *, features_dir: Pa
                   jobs: int = 0, progress: bool = False) -> BaselineContext:
     """Features of a baseline (cached per clip under ``features_dir``); failed clips are named."""
     name = config.train.net
-    X, meta, failed = build_features(name, manifest, features_dir, jobs=jobs, progress=progress)
+    flow_from = DATASETS[config.data.dataset].flow_from
+    X, meta, failed = build_features(name, manifest, features_dir, jobs=jobs, progress=progress,
+                                     flow_from=flow_from)
     if not len(meta):
         raise ValueError(f"{name}: no clip has usable features "
                          f"({len(failed)} failed: {', '.join(failed['clip'].astype(str)[:5])})")
     return BaselineContext(name, X, meta[META_COLUMNS].reset_index(drop=True),
                            label_ids(meta["label"]).to_numpy(np.int64), failed,
-                           resolve_device(config.train.device), Path(features_dir), config.train)
+                           resolve_device(config.train.device), Path(features_dir), config.train,
+                           flow_from)

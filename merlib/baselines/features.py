@@ -45,6 +45,9 @@ SETTINGS = {
              "tvl1": TVL1, "strain": "sqrt(u_x^2 + v_y^2 + (u_y + v_x)^2 / 2), np.gradient",
              "size": 28, "resize": "cv2.INTER_AREA", "channels": ["u", "v", "strain"],
              "version": 1},
+    # A derived release's own onset -> apex flow images (the index's flow_file): read as stored.
+    "flow_file": {"kind": "flow_file", "source": "the row's flow_file, a 28x28 8-bit RGB image",
+                  "size": 28, "channels": ["u", "v", "strain"], "version": 1},
 }
 # One thread per worker process, set before anything is imported there.
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -64,7 +67,8 @@ def feature_folder(cache_dir: str | Path, kind: str) -> Path:
 
 def compute(kind: str, frames: np.ndarray) -> np.ndarray:
     """The features of one clip from its aligned frames (T, H, W, 3) uint8 RGB:
-    ``lbptop`` -> (blocks·3·2^P,) float32, ``flow`` -> (3, 28, 28) float32 (u, v, strain)."""
+    ``lbptop`` -> (blocks·3·2^P,) float32, ``flow`` -> (3, 28, 28) float32 (u, v, strain).
+    (``flow_file`` reads the release's image instead: :func:`work`.)"""
     s = SETTINGS[kind]
     if kind == "lbptop":
         hist = lbp_top_histograms(to_gray(frames), radii=tuple(s["radii_xyt"]), points=s["points"],
@@ -86,8 +90,18 @@ def clip_name(row: dict) -> str:
     return f"{row['subject']}/{row['clip']}"
 
 
-def _source(row: dict) -> tuple[Path, str]:
-    """The clip's preprocessed npz and its fingerprint; ClipFailed when it is missing."""
+def _source(row: dict, kind: str = "") -> tuple[Path, str]:
+    """The file the clip's features come from (its preprocessed npz; for ``flow_file`` the
+    release's flow image) and its fingerprint; ClipFailed when it is missing."""
+    if kind == "flow_file":
+        flow = str(row.get("flow_file") or "")
+        if not flow:
+            raise ClipFailed(f"{clip_name(row)}: the index names no flow file for this clip")
+        try:
+            st = Path(flow).stat()
+        except OSError:
+            raise ClipFailed(f"{clip_name(row)}: flow file missing: {flow}") from None
+        return Path(flow), f"{Path(flow).name}:{st.st_size}:{st.st_mtime_ns}"
     file = row.get("file")
     file = "" if file is None or (isinstance(file, float) and np.isnan(file)) else str(file)
     if not file:
@@ -103,6 +117,17 @@ def _source(row: dict) -> tuple[Path, str]:
 def target(folder: Path, row: dict) -> Path:
     src = Path(str(row["file"]))
     return folder / src.parent.parent.name / src.name  # <preprocessing folder>/<subject>__<clip>.npz
+
+
+def _features(kind: str, src: Path, row: dict) -> np.ndarray:
+    if kind == "flow_file":
+        from merlib.datasets.megc_public import FlowReadError, read_flow
+
+        try:
+            return read_flow(src, clip=clip_name(row))
+        except FlowReadError as exc:
+            raise ClipFailed(str(exc)) from None
+    return compute(kind, _load_frames(src, row))
 
 
 def read_cached(path: Path, fingerprint: str) -> np.ndarray | None:
@@ -138,8 +163,8 @@ def work(kind: str, row: dict, path: Path) -> tuple[np.ndarray | None, str]:
     """Compute and cache one clip's features: (features, "") or (None, reason). Never raises
     for a bad clip."""
     try:
-        src, fingerprint = _source(row)
-        features = compute(kind, _load_frames(src, row))
+        src, fingerprint = _source(row, kind)
+        features = _features(kind, src, row)
         _write(path, features, fingerprint)
         return features, ""
     except ClipFailed as exc:
@@ -193,7 +218,7 @@ def run(kind: str, rows: list[dict], folder: Path, *, jobs: int = 0, progress: b
     todo: dict[int, tuple[dict, Path]] = {}
     for i, row in enumerate(rows):
         try:
-            _, fingerprint = _source(row)
+            _, fingerprint = _source(row, kind)
         except ClipFailed as exc:
             results[i] = (None, str(exc))
             continue

@@ -35,13 +35,15 @@ Extra columns after ``INDEX_COLUMNS`` (``EXTRA_COLUMNS``): ``frame_file`` and ``
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from merlib.config import CLASSES, PreprocessConfig
+from merlib.config import DataConfig, PreprocessConfig, dataset_defaults
+from merlib.registry import CLASSES
 from merlib.datasets import casme2, samm, smic
 from merlib.datasets.layout import (MAX_DEPTH, DatasetNotFound, FrameReadError, cell_text,
                                     check_root, find_files, load_image, prune_subjects,
@@ -69,8 +71,10 @@ def looked_for(root: Path) -> str:
 
 
 def preprocess_config(**overrides) -> PreprocessConfig:
-    """The preprocessing settings of single-frame clips: TIM to one frame, spans of one frame."""
-    return PreprocessConfig(**{"n_frames": 1, "min_frames": 1, **overrides})
+    """The preprocessing settings of single-frame clips (TIM to one frame, spans of one frame):
+    the registry entry's, as every run of this dataset gets them (``config.dataset_defaults``)."""
+    prep, _ = dataset_defaults(DataConfig(dataset=DATASET, root="."), "quick")
+    return dataclasses.replace(prep, **overrides)
 
 
 # --------------------------------------------------------------------------- names

@@ -35,6 +35,7 @@ MANIFEST_COLUMNS = [
     "onset", "offset", "apex_source", "apex_annotated", "apex_detected", "apex_used",
     "apex_abs_err", "apex_rel_err", "n_frames_span", "n_frames_tim", "n_landmark_fallback",
     "detector_calls", "face_route", "seconds", *[f"t_{s}" for s in STEPS],
+    "flow_file",  # a release's own flow image of the clip (the index's column; '' elsewhere)
 ]
 # The index columns every record and manifest row starts with.
 ROW_FIELDS = ("dataset", "source", "subject", "clip", "label")
@@ -130,7 +131,7 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
     the index's status and reason for the rest."""
     out = []
     for row in index_rows(index):
-        base = {k: row.get(k, "") for k in ROW_FIELDS}
+        base = {k: row.get(k, "") for k in (*ROW_FIELDS, "flow_file")}
         rec = current_record(folder, row) if row["status"] == "ok" else None
         if rec is None:
             status = row["status"] if row["status"] != "ok" else "pending"
@@ -140,7 +141,7 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
             out.append({**base, "stage": "preprocess",
                         **{k: rec.get(k) for k in MANIFEST_COLUMNS if k in rec}})
     manifest = pd.DataFrame(out, columns=MANIFEST_COLUMNS)
-    for col in ("reason", "file", "apex_source", "face_route"):
+    for col in ("reason", "file", "apex_source", "face_route", "flow_file"):
         manifest[col] = manifest[col].astype(object).fillna("").astype(str)
     for col in ("onset", "offset", "apex_annotated", "apex_detected", "apex_used",
                 "n_frames_span", "n_frames_tim", "n_landmark_fallback", "detector_calls"):
@@ -153,7 +154,7 @@ def write_manifest(index: pd.DataFrame, folder: Path) -> pd.DataFrame:
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """A manifest.csv as ``write_manifest`` writes it: names as text, empty text cells as ''."""
     text = ["dataset", "source", "subject", "clip", "label", "stage", "status", "reason", "file",
-            "apex_source", "face_route"]
+            "apex_source", "face_route", "flow_file"]
     manifest = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False,
                            na_values=[""])
     # A manifest written before face_route was recorded still loads, with the column empty.

@@ -11,13 +11,13 @@ from merlib.report.provenance import (Provenance, provenance_table, relative_pat
                                       write_table)
 from merlib.report.tables import (apex_error_table, calibration_table, class_division,
                                   division_report, excluded_and_bad, flags_summary, for_display,
-                                  megc_division, paper_reference, per_source_table,
+                                  megc_division, oracle_table, paper_reference, per_source_table,
                                   preprocess_summary, profile_label, status_summary, table5, table6,
                                   usable)
 
 __all__ = ["FigureView", "Provenance", "VARIANTS", "apex_error_table", "calibration_table",
            "class_division", "confusion_grid", "division_report", "excluded_and_bad", "figure2",
-           "figure5", "figure6", "flags_summary", "for_display", "megc_division", "paper_reference",
+           "figure5", "figure6", "flags_summary", "for_display", "megc_division", "oracle_table", "paper_reference",
            "per_source_table", "preprocess_summary", "profile_label", "provenance_table",
            "relative_paths", "show", "status_summary", "table5", "table6", "tim_strip", "usable",
            "write_figure", "write_table"]

@@ -206,6 +206,25 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     return pd.DataFrame(rows + tail, columns=wide.columns)
 
 
+def oracle_table(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
+    """Per run (name, pooled predictions, per-fold epoch probabilities): the honest last-epoch
+    Acc / UF1 / UAR, then what choosing each held-out subject's best epoch on that subject would
+    have reported, labelled as the invalid diagnostic it is, and the gap."""
+    from merlib.metrics import ORACLE_LABEL, compute_metrics, oracle_metrics
+
+    rows = []
+    for name, pred, epochs in runs:
+        honest = compute_metrics(pred["y_true"], pred["y_pred"])
+        oracle = oracle_metrics(pred, epochs)
+        n_epochs = {len(v) for v in epochs.values()}
+        rows.append({"method": name, "epochs": "/".join(map(str, sorted(n_epochs))),
+                     "Acc (last epoch)": honest["acc"], "UF1 (last epoch)": honest["uf1"],
+                     "UAR (last epoch)": honest["uar"], "Acc (oracle)": oracle["acc"],
+                     "UF1 (oracle)": oracle["uf1"], "UAR (oracle)": oracle["uar"],
+                     "UF1 gap": oracle["uf1"] - honest["uf1"], "oracle": ORACLE_LABEL})
+    return pd.DataFrame(rows)
+
+
 def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """MEGC: metrics of each source's subset of the pooled predictions, per variant."""
     from merlib.metrics import metrics_table
