@@ -76,7 +76,7 @@ nbval: $(STAMP)
 notebooks: $(STAMP) $(WEIGHTS_TRIED)
 	rm -rf $(NBVAL_OUT)
 	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
-	  MERLIB_OUT=$(NBVAL_OUT) $(BIN)/papermill -k merlib --cwd notebooks --no-progress-bar $$nb $$nb || exit 1; done
+	  MERLIB_OUT=$(NBVAL_OUT) $(BIN)/python -c "import sys; from merlib.batch import execute; execute(sys.argv[1])" $$nb || exit 1; done
 
 # Default: the demo SynthME (generated once, cached) through every notebook with the quick profile.
 reproduce: $(STAMP) $(WEIGHTS_TRIED)

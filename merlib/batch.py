@@ -17,9 +17,13 @@ from pathlib import Path
 
 from merlib.config import ExecutorConfig, Paths, RunConfig, project_root
 from merlib.options import for_notebooks, make_run_config
-from merlib.registry import BASELINES, VARIANT_ORDER
+from merlib.registry import BASELINES, DATASETS, VARIANT_ORDER
 
 KERNEL = "merlib"
+# The kernel's own log says at every start that a local kernel talks over TCP without encryption:
+# noise in a batch run's terminal, which names only notebooks, timings and failures. Errors still
+# show; the notebooks' own warnings go to their cells as always.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 TRAINING_PREFIX = "04"
 
 
@@ -29,25 +33,43 @@ def notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def jobs(selected: list[Path]):
+def jobs(selected: list[Path], baselines=tuple(BASELINES)):
     """(notebook, extra parameters, executed file name): the training notebook once per variant
     of the paper's model, then once per Table 6 baseline."""
     for nb in selected:
         if nb.name.startswith(TRAINING_PREFIX):
             for k in VARIANT_ORDER:
                 yield nb, {"blocks": k}, f"{nb.stem}-blocks{k}.ipynb"
-            for net in BASELINES:
+            for net in baselines:
                 yield nb, {"model": net}, f"{nb.stem}-{net}.ipynb"
         else:
             yield nb, {}, nb.name
+
+
+def execute(notebook: str | Path, out: str | Path | None = None, *, parameters: dict | None = None,
+            kernel: str = KERNEL) -> None:
+    """Run one notebook with papermill (in place when ``out`` is None), its cwd the notebook's
+    folder, no progress bar, the kernel's log quiet (:data:`QUIET_KERNEL`)."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    pm.execute_notebook(str(notebook), str(out or notebook), parameters=parameters or {},
+                        kernel_name=kernel, cwd=str(notebook.parent), progress_bar=False,
+                        log_output=False, extra_arguments=QUIET_KERNEL)
 
 
 def training_runs(config: RunConfig):
     """(name, config) of every run notebook 04 trains: the variants, then the baselines."""
     for k in VARIANT_ORDER:
         yield f"blocks={k}", config.variant(k)
-    for net in BASELINES:
+    for net in dataset_baselines(config):
         yield net, dataclasses.replace(config, train=dataclasses.replace(config.train, net=net))
+
+
+def dataset_baselines(config: RunConfig) -> tuple[str, ...]:
+    """The baselines that can run on the run's dataset (``registry.Dataset.baselines``)."""
+    allowed = DATASETS[config.data.dataset].baselines
+    return tuple(BASELINES) if allowed is None else tuple(allowed)
 
 
 def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = None,
@@ -57,8 +79,6 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
     With an ``executor`` other than local, the folds of every variant and baseline are trained on
     it first, here (notebooks never start clusters); notebook 04 then finds them finished and
     pools them."""
-    import papermill as pm
-
     paths = paths or Paths.from_env()
     config = make_run_config(**parameters)  # refuses bad options before any notebook starts
     parameters = for_notebooks(parameters)
@@ -77,13 +97,11 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
                   file=sys.stderr, flush=True)
             train(dataclasses.replace(run, executor=executor), prepared=prepared, paths=paths)
     done = []
-    for nb, extra, out_name in jobs(selected):
+    for nb, extra, out_name in jobs(selected, dataset_baselines(config)):
         t0 = time.time()
         out = out_dir / out_name
         print(f"[merlib reproduce] {nb.name} {extra or ''} -> {out}", file=sys.stderr, flush=True)
-        pm.execute_notebook(str(nb), str(out), parameters={**parameters, **extra},
-                            kernel_name=kernel, cwd=str(nb.parent), progress_bar=False,
-                            log_output=False)
+        execute(nb, out, parameters={**parameters, **extra}, kernel=kernel)
         print(f"[merlib reproduce] {out_name} done in {time.time() - t0:.0f} s", file=sys.stderr,
               flush=True)
         done.append(out)

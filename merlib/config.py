@@ -155,7 +155,8 @@ class PreprocessConfig:
     lwm_neighbors: int = 12     # N of the LWM fit
     detect_upsample: int = 1    # HOG detector upsampling of the first frame
     min_frames: int = 2         # fewest frames in onset..offset for a clip to be processed
-    version: int = 1            # bump when the pipeline's output changes for the same settings
+    version: int = 2            # bump when the pipeline's output changes for the same settings
+    #                             (2: the face found by faces.find_face, its route recorded)
 
     def __post_init__(self):
         _check("apex", self.apex, APEX_SOURCES)

@@ -22,7 +22,7 @@ from merlib.config import DataConfig, Paths, PreprocessConfig, RunConfig
 from merlib.datasets import build_index, index_hash
 from merlib.files import atomic_write_text
 from merlib.options import make_run_config, train_command
-from merlib.registry import BASELINES, VARIANT_ORDER, VARIANTS
+from merlib.registry import BASELINES, DATASETS, VARIANT_ORDER, VARIANTS
 
 
 class MissingRun(FileNotFoundError):
@@ -152,6 +152,17 @@ def read_epoch_probs(config: RunConfig, paths: Paths | None = None) -> dict[int,
     return out or None
 
 
+def read_losses(config: RunConfig, paths: Paths | None = None) -> pd.DataFrame:
+    """Training loss per epoch of every finished fold (fold, subject, epoch, loss); empty for a
+    classifier without epochs."""
+    rows = []
+    for f in sorted((run_dir(config, paths) / "folds").glob("*/fold.json")):
+        rec = json.loads(f.read_text())
+        rows += [{"fold": rec["fold"], "subject": rec["subject"], "epoch": i + 1, "loss": v}
+                 for i, v in enumerate(rec.get("losses", []))]
+    return pd.DataFrame(rows, columns=["fold", "subject", "epoch", "loss"])
+
+
 def per_fold_metrics(pred: pd.DataFrame) -> pd.DataFrame:
     """Acc / UF1 / UAR of each held-out subject (for inspection only; the result is the pooled row)."""
     rows = []
@@ -187,6 +198,16 @@ class Run:
     def root(self) -> Path:
         """The dataset's folder (SynthME: generated on first use)."""
         return data_root(self.config.data, self.paths)
+
+    @property
+    def composite(self) -> bool:
+        """A dataset pooled from several sources (MEGC2019): results also per source."""
+        return len(DATASETS[self.config.data.dataset].sources) > 1
+
+    @property
+    def note(self) -> str:
+        """How the dataset's results must be labelled (``registry.Dataset.note``), or ''."""
+        return DATASETS[self.config.data.dataset].note
 
     @property
     def synthetic(self) -> bool:
@@ -252,7 +273,8 @@ class Run:
     def baseline_results(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         """Pooled predictions of each finished baseline, and the command for each missing one."""
         preds, missing = {}, {}
-        for net in BASELINES:
+        allowed = DATASETS[self.config.data.dataset].baselines
+        for net in BASELINES if allowed is None else allowed:
             try:
                 preds[net] = read_run(self.baseline(net), self.paths)[0]
             except MissingRun:

@@ -152,3 +152,54 @@ def figure2(clip_file: str | Path, *, scheme: str = "fr72", compare: str | None 
     return fig
 
 
+
+
+def face_sheet(manifest: pd.DataFrame, *, per_source: int = 6, blocks: int = 10):
+    """Aligned faces with their ``blocks`` IBs as stored in the cache (the last frame of each
+    clip: the apex), ``per_source`` clips of each source in a row: a check by eye that alignment,
+    the 72 points and the blocks land where they should. Shows faces: a real dataset's sheet is
+    shown, never written (``provenance.may_keep_faces``)."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    ok = usable(manifest)
+    sources = sorted(ok["source"].unique())
+    fig, axes = _figure(len(sources), per_source, figsize=(2.1 * per_source, 2.3 * len(sources)),
+                        squeeze=False)
+    for row_axes, source in zip(axes, sources):
+        picks = ok[ok["source"] == source]
+        picks = picks.iloc[np.linspace(0, len(picks) - 1, min(per_source, len(picks))).round().astype(int)]
+        for ax, rec in zip(row_axes, picks.itertuples()):
+            with np.load(rec.file) as z:
+                frame, ips, sides = z["frames"][-1], z[f"ip{blocks}"][-1], z[f"side{blocks}"][-1]
+                route = getattr(rec, "face_route", "")
+            ax.imshow(frame)
+            ax.scatter(ips[:, 0], ips[:, 1], s=5, c="red")
+            for (x, y), side in zip(ips, sides):
+                ax.add_patch(Rectangle((x - side / 2, y - side / 2), side, side, fill=False, lw=0.6,
+                                       ec="cyan"))
+            ax.set_title(f"{source} {rec.subject}/{rec.clip}" + (f"\n({route})" if route else ""),
+                         fontsize=6)
+        for ax in row_axes:
+            ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(losses: pd.DataFrame, *, title: str):
+    """Mean training loss per epoch of every fold (thin lines) and their mean (bold): the first
+    place to look when a run predicts one class (columns fold, epoch, loss)."""
+    fig, ax = _figure(1, 1, figsize=(5.5, 3.2))
+    for _, g in losses.groupby("fold"):
+        ax.plot(g["epoch"], g["loss"], color="0.6", lw=0.7, alpha=0.7)
+    mean = losses.groupby("epoch")["loss"].mean()
+    ax.plot(mean.index, mean.values, color="tab:red", lw=2, label="mean over folds")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training cross-entropy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -104,8 +104,21 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: Provenance,
     return paths
 
 
-def write_figure(fig, out_dir: Path, name: str, prov: Provenance, **extra) -> dict[str, Path]:
-    """``name.png``, ``name.pdf`` and ``name.provenance.json`` in ``out_dir``."""
+def may_keep_faces(dataset: str) -> bool:
+    """Only SynthME's faces may be written to disk: a real dataset's belong to research
+    participants, so a figure showing them is shown in the notebook and never saved under
+    figures/ (which is committed)."""
+    from merlib.registry import DATASETS
+
+    return DATASETS[dataset].synthetic
+
+
+def write_figure(fig, out_dir: Path, name: str, prov: Provenance, *, faces: bool = False,
+                 **extra) -> dict[str, Path]:
+    """``name.png``, ``name.pdf`` and ``name.provenance.json`` in ``out_dir``; nothing for a
+    figure of real faces (``faces`` and a real dataset: :func:`may_keep_faces`)."""
+    if faces and not may_keep_faces(prov.dataset):
+        return {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"png": out_dir / f"{name}.png", "pdf": out_dir / f"{name}.pdf",

@@ -157,6 +157,7 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
             continue
         m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
         row = {"variant": VARIANTS[k], "profile": profile_label(preds[k], profile),
+               **({"input": DATASETS[dataset].note} if DATASETS[dataset].note else {}),
                "clips": int(m["n"])}
         for met in METRICS:
             row[METRIC_LABEL[met]] = m[met]
@@ -192,7 +193,8 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     def measured(name: str, pred: pd.DataFrame) -> dict:
         m = compute_metrics(pred["y_true"], pred["y_pred"])
         return {"method": name, "ref": "", "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
-                "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset})"}
+                "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset}"
+                          + (f"; {DATASETS[dataset].note}" if DATASETS[dataset].note else "") + ")"}
 
     extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
     tail = []
@@ -272,6 +274,16 @@ def apex_error_table(manifest: pd.DataFrame, *,
 
 
 
+def face_routes(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Processed clips per face-finding route (``faces.find_face``: the detector, a padded frame,
+    upsampling, the whole pre-cropped frame) and source."""
+    ok = manifest[manifest["status"] == "ok"]
+    routes = ok["face_route"].replace("", "(not recorded)")
+    table = pd.crosstab(routes, ok["source"], margins=True, margins_name="all")
+    table.index.name, table.columns.name = "face route", None
+    return table.reset_index()
+
+
 def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     """Per status: clips, face-detector calls per clip, frames that fell back to the previous
     frame's landmarks."""
@@ -299,3 +311,34 @@ def calibration_table(figures: dict) -> pd.DataFrame:
     ]
     return pd.DataFrame(rows, columns=["check", "measured", "target", "met"])
 
+
+
+DEVICE_CHECK = Path("bench") / "results" / "device-check" / "device_check.json"
+
+
+def device_check_summary(root: Path | None = None) -> str:
+    """What the committed GPU check (bench/device_check.py, issue 22) measured, with its
+    provenance; or that none has run."""
+    import json
+
+    from merlib.config import project_root
+
+    path = (root or project_root()) / DEVICE_CHECK
+    if not path.is_file():
+        return ("No GPU check has run yet: no figure of the paper profile on a GPU is claimed. "
+                "`make device-pack`, then `bash bench/device_check.sh --pack build/device-pack "
+                f"--out OUT` on a CUDA machine, writes one; commit it as {DEVICE_CHECK.parent}/.")
+    r = json.loads(path.read_text())
+    env, prov = r["environment"], r["provenance"]
+    step = next(s for s in r["step_figures"] if s["variant"] == VARIANTS[10])
+    lines = [f"GPU check on {env['device']} (torch {env['torch']}, CUDA {env['cuda']}), pack of "
+             f"commit {str(prov['commit'])[:12]}, {r['wall_s']:.0f} s" + (" - DRY RUN" if r["dry_run"] else ""),
+             f"paper step, 10 IBs, batch {step['batch']}: {step['train clips/s']:.1f} clips/s, "
+             f"{step['achieved TFLOP/s']:.1f} TFLOP/s"
+             + (f" ({step['% of measured bf16 peak']:.0f}% of the measured bf16 peak)"
+                if step.get("% of measured bf16 peak") else "")]
+    for kind, run in r["loso"].items():
+        p = run["pooled"]
+        lines.append(f"paper profile on {prov['dataset']}, 10 IBs, {r['epochs']} epochs, {kind} labels: "
+                     f"UF1 {p['uf1']:.3f}, UAR {p['uar']:.3f}, Acc {p['acc']:.3f}")
+    return "\n".join(lines)
