@@ -1,0 +1,178 @@
+"""All LOSO folds at once (merlib.baselines.stacked) against the fold-by-fold reference
+``train_predict``: same initial weights, batches, dropout masks and Adam steps, so the same
+probabilities within 1e-4, including folds whose last batches differ in size or number."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import merlib.baselines as bl
+from merlib.baselines.stacked import _FoldAdam, train_predict_folds
+from merlib.baselines.training import train_predict
+
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _problem(chans: int, *, seed: int = 0, sizes=(9, 11, 10, 10)):
+    """~40 samples in [0, 255], one subject per fold; with batch 15 the training sets (31, 29,
+    30, 30) give fold 0 three steps an epoch (the last of one sample) and the others two."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    X = (rng.random((len(groups), chans, 28, 28)) * 255).astype(np.float32)
+    y = rng.integers(0, 3, len(groups))
+    folds = [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in range(len(sizes))]
+    return X, y, folds
+
+
+def _reference(make_net, X, y, folds, seeds, **kw):
+    return [train_predict(make_net, X[tr], y[tr], X[te], seed=s, **kw)
+            for (tr, te), s in zip(folds, seeds)]
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert [x.shape for x in a] == [x.shape for x in b]
+    return max(float(np.abs(x - z).max()) for x, z in zip(a, b))
+
+
+NETS = {"ststnet": (bl.STSTNet, 3), "off-apexnet": (bl.OFFApexNet, 2)}
+
+
+@pytest.mark.parametrize("name", list(NETS))
+@pytest.mark.parametrize("drop_rate", [0.0, 0.5])
+def test_stacked_equals_fold_by_fold(name, drop_rate):
+    cls, chans = NETS[name]
+    X, y, folds = _problem(chans)
+    seeds = [3, 4, 5, 6]
+    make_net = lambda: cls(drop_rate=drop_rate)  # noqa: E731
+    kw = dict(epochs=3, lr=1e-3, batch_size=15)
+    ref = _reference(make_net, X, y, folds, seeds, **kw)
+    got = train_predict_folds(make_net, X, y, folds, seeds=seeds, **kw)
+    assert got.per_epoch is None
+    assert _max_diff(ref, got.proba) < TOL
+    for p in got.proba:
+        assert p.dtype == np.float64
+        np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+
+
+def test_stacked_ststnet_path_is_the_hand_written_one_and_by_name():
+    from merlib.baselines.stacked import _STSTNetFolds
+
+    X, y, folds = _problem(3)
+    assert _STSTNetFolds.supports(bl.STSTNet(), torch.as_tensor(X))
+    assert not _STSTNetFolds.supports(bl.OFFApexNet(), torch.as_tensor(X[:, :2]))
+    seeds = [0, 1, 2, 3]
+    kw = dict(epochs=2, lr=5e-5, batch_size=256)
+    by_name = train_predict_folds("ststnet", X, y, folds, seeds=seeds, **kw)
+    ref = [bl.fit_predict("ststnet", X[tr], y[tr], None, X[te], seed=s, epochs=2)
+           for (tr, te), s in zip(folds, seeds)]
+    assert _max_diff(ref, by_name.proba) < TOL
+
+
+def test_every_epochs_record_is_that_epochs_model_and_leaves_training_alone():
+    X, y, folds = _problem(3)
+    seeds = [7, 8, 9, 10]
+    kw = dict(lr=1e-3, batch_size=15)
+    got = train_predict_folds("ststnet", X, y, folds, seeds=seeds, epochs=3, record_epochs=True, **kw)
+    plain = train_predict_folds("ststnet", X, y, folds, seeds=seeds, epochs=3, **kw)
+    for f, (tr, te) in enumerate(folds):
+        assert got.per_epoch[f].shape == (3, len(te), 3)
+        np.testing.assert_array_equal(got.per_epoch[f][-1], got.proba[f])
+        np.testing.assert_array_equal(got.proba[f], plain.proba[f])
+    for epochs in (1, 2):
+        ref = _reference(bl.STSTNet, X, y, folds, seeds, epochs=epochs, **kw)
+        assert _max_diff(ref, [p[epochs - 1] for p in got.per_epoch]) < TOL
+
+
+def test_dropout_is_per_fold_seeded_and_independent():
+    """Fold masks come from the fold's seed alone: two folds with the same data and seed agree
+    bit for bit, a different seed differs, and other folds do not disturb a fold."""
+    X, y, folds = _problem(3)
+    tr, te = folds[0]
+    kw = dict(epochs=2, lr=1e-3, batch_size=15)
+    same_data = [(tr, te)] * 3
+    a = train_predict_folds("ststnet", X, y, same_data, seeds=[5, 5, 6], **kw).proba
+    np.testing.assert_array_equal(a[0], a[1])
+    assert not np.allclose(a[0], a[2], atol=1e-3)
+    alone = train_predict_folds("ststnet", X, y, [(tr, te)], seeds=[5], **kw).proba
+    np.testing.assert_array_equal(alone[0], a[0])
+    # Dropout does act: without it the same seed gives other probabilities.
+    no_drop = train_predict_folds(lambda: bl.STSTNet(drop_rate=0.0), X, y, [(tr, te)], seeds=[5], **kw)
+    assert not np.allclose(no_drop.proba[0], a[0], atol=1e-3)
+
+
+def test_worker_count_does_not_change_a_bit_and_rng_is_left_alone():
+    X, y, folds = _problem(3, sizes=(5, 6, 7, 8, 9, 5))
+    seeds = list(range(len(folds)))
+    kw = dict(epochs=2, lr=1e-3, batch_size=16)
+    torch.manual_seed(11)
+    before = torch.rand(4)
+    torch.manual_seed(11)
+    one = train_predict_folds("ststnet", X, y, folds, seeds=seeds, workers=1, **kw).proba
+    after = torch.rand(4)
+    two = train_predict_folds("ststnet", X, y, folds, seeds=seeds, workers=2, **kw).proba
+    assert torch.equal(before, after)
+    assert torch.get_num_threads() == 1
+    for p, q in zip(one, two):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_ties_at_the_pool_max_and_negative_bn_scales_match_the_reference():
+    """Flat input regions give identical conv outputs inside a pool window (the reference routes
+    the gradient to the first); a negative BN weight turns the max-pool into a min of r."""
+    rng = np.random.default_rng(3)
+    X, y, folds = _problem(3)
+    # 7×7 blocks of a few grey levels: many exactly equal patches.
+    blocks = rng.integers(0, 4, (len(X), 3, 4, 4)).astype(np.float32) * 85
+    X = np.repeat(np.repeat(blocks, 7, axis=2), 7, axis=3)
+
+    def flipped():
+        net = bl.STSTNet()
+        with torch.no_grad():  # no RNG drawn: the initial weights stay the seed's
+            net.branches[1][2].weight[1:4].neg_()
+        return net
+
+    seeds = [1, 2, 3, 4]
+    kw = dict(epochs=3, lr=1e-3, batch_size=15)
+    for make_net in (bl.STSTNet, flipped):
+        ref = _reference(make_net, X, y, folds, seeds, **kw)
+        got = train_predict_folds(make_net, X, y, folds, seeds=seeds, **kw)
+        assert _max_diff(ref, got.proba) < TOL
+
+
+def test_fold_adam_steps_each_row_as_torch_adam_with_its_own_count():
+    torch.manual_seed(0)
+    params = torch.randn(3, 50)
+    ref = [torch.nn.Parameter(params[f].clone()) for f in range(3)]
+    opts = [torch.optim.Adam([p], lr=1e-2) for p in ref]
+    adam = _FoldAdam(params, lr=1e-2)
+    denom = torch.empty(50)
+    steps = {0: 5, 1: 2, 2: 4}  # rows skip steps: their bias corrections must not advance
+    for t in range(5):
+        for f in range(3):
+            if t < steps[f]:
+                grad = torch.randn(50)
+                ref[f].grad = grad.clone()
+                opts[f].step()
+                adam.step(f, grad, denom)
+    assert adam.steps == [5, 2, 4]
+    for f in range(3):
+        assert torch.equal(params[f], ref[f].detach())
+
+
+def test_bad_arguments_are_refused():
+    X, y, folds = _problem(3)
+    with pytest.raises(ValueError, match="one seed per fold"):
+        train_predict_folds("ststnet", X, y, folds, seeds=[1], epochs=1, lr=1e-3, batch_size=8)
+    with pytest.raises(ValueError, match="unknown net"):
+        train_predict_folds("lbptop-svm", X, y, folds, seeds=[1] * 4, epochs=1, lr=1e-3, batch_size=8)
+    with pytest.raises(ValueError, match="labels"):
+        train_predict_folds("ststnet", X, y + 3, folds, seeds=[1] * 4, epochs=1, lr=1e-3, batch_size=8)
