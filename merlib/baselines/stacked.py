@@ -91,7 +91,7 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
                         device: str = "cpu", record_epochs: bool = False,
                         progress: bool = False, workers: int | None = None,
                         fast: bool = True) -> FoldPredictions:
-    """Train one fresh net per fold on X[train_idx] and predict X[test_idx], all folds together.
+    """Train one fresh net per fold on X[train_idx] and predict X[test_idx], all folds in one call.
 
     ``name_or_factory``: a net baseline's name (``"ststnet"``, ``"off-apexnet"``: the nets of
     ``merlib.baselines.NET_KWARGS``) or a ``make_net`` callable. X (N, C, H, W) float, y (N,) int
@@ -99,10 +99,11 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
     seed. Fold f equals ``train_predict(make_net, X[tr], y[tr], X[te], seed=seeds[f], ...)``
     (module docstring). The caller's global RNG state is left as it was.
 
-    STSTNet runs the hand-written path on ``workers`` threads (None: ``torch.get_num_threads()``),
-    each taking whole folds with single-threaded kernels (intra-op threads are set to 1 for the
-    call and restored), so the result does not depend on the worker count. Other nets, or
-    ``fast=False``, run the generic path on one thread with torch's own thread setting."""
+    STSTNet and OFF-ApexNet run their own paths on ``workers`` threads (None:
+    ``torch.get_num_threads()``), each thread training whole folds with single-threaded kernels
+    (torch's intra-op threads are 1 during the call, then restored), so the result does not depend
+    on the worker count. Other nets, or ``fast=False``, run the generic path: one thread, torch's
+    own thread setting."""
     from tqdm.auto import tqdm
 
     make_net = net_factory(name_or_factory) if isinstance(name_or_factory, str) else name_or_factory
@@ -124,84 +125,91 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
             raise ValueError(f"fold {f}'s indices fall outside X (N = {len(X)})")
     dev = resolve_device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    x_all = torch.as_tensor(X, dtype=torch.float32)
+    y_all = torch.as_tensor(y, dtype=torch.long)
+    n_folds = len(folds)
 
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        nets, rng_states, cuda_states = [], [], []
-        for seed in seeds:  # as train_predict: the fold's seed, then make_net() draws the init
-            torch.manual_seed(int(seed))
-            nets.append(make_net())
-            rng_states.append(torch.get_rng_state())
-            cuda_states.append(torch.cuda.get_rng_state(dev) if cuda else None)
-        num_classes = nets[0].num_classes
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got {sorted(set(y.tolist()))}")
-        x_all = torch.as_tensor(X, dtype=torch.float32)
-        y_all = torch.as_tensor(y, dtype=torch.long)
-        trainer: _Trainer
-        if fast and _STSTNetFolds.supports(nets[0], x_all):
-            trainer = _STSTNetFolds(nets, rng_states, x_all, y_all, lr=lr, device=dev)
-            n_workers = max(1, min(threads if workers is None else workers, len(folds)))
-        else:
-            # One thread: dropout draws from the global generator, swapped per fold.
-            trainer = _ModuleFolds(nets, rng_states, cuda_states, x_all, y_all, lr=lr, device=dev)
-            n_workers = 0
-        del nets
+        trainer: _Trainer | None = None
+        for f, seed in enumerate(seeds):
+            torch.manual_seed(int(seed))  # as train_predict: the fold's seed, then make_net()
+            net = make_net()
+            if trainer is None:
+                if y.size and (int(y.min()) < 0 or int(y.max()) >= net.num_classes):
+                    raise ValueError(f"labels must be in [0, {net.num_classes}), got "
+                                     f"{sorted(set(y.tolist()))}")
+                kinds = [_STSTNetFolds, _OFFApexNetFolds] if fast else []
+                kind = next((k for k in kinds if k.supports(net, x_all)), _ModuleFolds)
+                trainer = kind(net, x_all, y_all, n_folds, lr=lr, device=dev)
+            trainer.add_fold(f, net, torch.get_rng_state(), torch.cuda.get_rng_state(dev) if cuda else None)
+            del net
+        num_classes = trainer.num_classes
 
         train_idx = [torch.as_tensor(tr) for tr, _ in folds]
         test_idx = [torch.as_tensor(te) for _, te in folds]
         per_epoch = [np.zeros((epochs, len(te), num_classes)) for te in test_idx] if record_epochs else None
-        bar = tqdm(total=epochs * len(folds), desc="folds", unit="fold-epoch", disable=not progress,
+        proba: list[np.ndarray] = [np.empty(0)] * n_folds
+        bar = tqdm(total=epochs * n_folds, desc="folds", unit="fold-epoch", disable=not progress,
                    leave=False)
 
         def run(fold_ids: list[int]) -> None:
+            # Fold after fold, as the reference: folds are independent, so the order changes no
+            # bit, and only one fold's optimiser state is alive per worker.
             scratch = trainer.scratch()
-            order_rngs = {f: torch.Generator().manual_seed(int(seeds[f])) for f in fold_ids}
-            for epoch in range(epochs):
-                # One randperm per fold and epoch, as the reference draws it; step s of the
-                # epoch is batch s of every fold that has one.
-                batches = {f: _batches(train_idx[f], torch.randperm(len(train_idx[f]),
-                                                                    generator=order_rngs[f]),
-                                       batch_size) for f in fold_ids}
-                for step in range(max(len(b) for b in batches.values())):
-                    for f in fold_ids:
-                        if step < len(batches[f]):
-                            trainer.train_step(f, batches[f][step], scratch)
-                if record_epochs:
-                    for f in fold_ids:
+            for f in fold_ids:
+                trainer.begin(f)
+                order_rng = torch.Generator().manual_seed(int(seeds[f]))
+                for epoch in range(epochs):
+                    order = torch.randperm(len(train_idx[f]), generator=order_rng)  # the reference's draw
+                    picked = train_idx[f][order]
+                    for start in range(0, len(picked), batch_size):
+                        trainer.train_step(f, picked[start:start + batch_size], scratch)
+                    if record_epochs:
                         per_epoch[f][epoch] = trainer.predict(f, test_idx[f])
-                bar.update(len(fold_ids))
+                    bar.update(1)
+                proba[f] = per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, test_idx[f])
+                trainer.end(f)
 
         try:
-            if n_workers == 0:
-                run(list(range(len(folds))))
+            if not trainer.threadsafe:  # dropout draws from the global generator, swapped per fold
+                run(list(range(n_folds)))
             else:
                 torch.set_num_threads(1)
-                parts = [list(range(w, len(folds), n_workers)) for w in range(n_workers)]
+                n_workers = max(1, min(threads if workers is None else workers, n_folds))
+                parts = [list(range(w, n_folds, n_workers)) for w in range(n_workers)]
                 if n_workers == 1:
                     run(parts[0])
                 else:
                     with ThreadPoolExecutor(n_workers) as pool:
                         for done in [pool.submit(run, part) for part in parts]:
                             done.result()
-            proba = [per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, te)
-                     for f, te in enumerate(test_idx)]
         finally:
             torch.set_num_threads(threads)
             bar.close()
     return FoldPredictions(proba, per_epoch)
 
 
-def _batches(train_idx: torch.Tensor, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """The fold's batches of one epoch as indices into X (the reference's x[order[a:b]])."""
-    picked = train_idx[order]
-    return [picked[a:a + batch_size] for a in range(0, len(picked), batch_size)]
-
-
 class _Trainer:
-    """Training state of all folds. ``train_step(f, idx, scratch)`` runs one Adam step of fold f
-    on X[idx]; ``predict(f, idx)`` is its eval-mode softmax on X[idx], (n, num_classes) float64.
-    Calls for different folds may run in different threads, each with its own ``scratch()``."""
+    """Training state of all folds of one architecture. ``add_fold`` takes fold f's freshly made
+    net and the generator states after making it; ``begin(f)`` / ``end(f)`` bracket its training
+    (optimiser state lives in between); ``train_step(f, idx, scratch)`` is one Adam step on
+    X[idx]; ``predict(f, idx)`` the eval-mode softmax on X[idx], (n, num_classes) float64. With
+    ``threadsafe``, calls for different folds may run in different threads, each with its own
+    ``scratch()``."""
+
+    threadsafe = False
+    num_classes: int
+
+    def add_fold(self, f: int, net: nn.Module, rng_state: torch.Tensor,
+                 cuda_state: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def begin(self, f: int) -> None:
+        pass
+
+    def end(self, f: int) -> None:
+        pass
 
     def scratch(self) -> object:
         return None
@@ -240,59 +248,136 @@ def _bernoulli(shape: tuple[int, ...], p: float, generator: torch.Generator) -> 
 
 # --------------------------------------------------------------------------- Adam
 
-class _FoldAdam:
-    """Adam over the rows of a (folds, n) parameter tensor, one state and step count per row:
-    the arithmetic of ``torch.optim.Adam``'s single-tensor path (default betas, eps, no weight
-    decay), so a row steps exactly as the reference's per-parameter update does."""
+class _Adam:
+    """``torch.optim.Adam`` (default betas and eps, no weight decay) over tensors updated in
+    place. Unfused, it is the single-tensor CPU path's arithmetic op for op, with a reused
+    denominator (fresh big temporaries page-fault): bit-identical updates. Fused, it is
+    ``torch._fused_adam_``, one pass over parameter, gradient and moments instead of seven — what
+    OFF-ApexNet's 2.7 M parameters need — equal up to rounding."""
 
-    def __init__(self, params: torch.Tensor, *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(self, params: list[torch.Tensor], *, lr: float, fused: bool = False,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.exp_avg = torch.zeros_like(params)
-        self.exp_avg_sq = torch.zeros_like(params)
-        self.steps = [0] * params.shape[0]
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+        self.fused = fused and hasattr(torch, "_fused_adam_")
+        if self.fused:
+            self._step = torch.zeros((), device=params[0].device)
+        else:
+            self._denom = [torch.empty_like(p) for p in params]
 
-    def step(self, f: int, grad: torch.Tensor, denom: torch.Tensor) -> None:
-        """Fold f's update from its gradient row; ``denom``: a scratch row."""
+    def step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = self.betas
-        self.steps[f] += 1
-        t = float(self.steps[f])
-        exp_avg, exp_avg_sq = self.exp_avg[f], self.exp_avg_sq[f]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        self.steps += 1
+        if self.fused:
+            self._step.fill_(self.steps)
+            # The fused kernel walks raw memory: a strided gradient (a channels-last conv
+            # weight's) would be read in the wrong order.
+            grads = [g.contiguous() for g in grads]
+            torch._fused_adam_(self.params, grads, self.exp_avg, self.exp_avg_sq, [],
+                               [self._step] * len(self.params), lr=self.lr, beta1=beta1,
+                               beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False,
+                               maximize=False)
+            return
+        t = float(self.steps)
         step_size = self.lr / (1 - beta1 ** t)
         bias_correction2_sqrt = (1 - beta2 ** t) ** 0.5
-        denom = torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2_sqrt).add_(self.eps)
-        self.params[f].addcdiv_(exp_avg, denom, value=-step_size)
+        for p, g, m, v, d in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, self._denom):
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            torch.sqrt(v, out=d).div_(bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(m, d, value=-step_size)
+
+
+# --------------------------------------------------------------------------- folds as rows
+
+class _FlatFolds(_Trainer):
+    """Folds of one architecture as rows of a (folds, n) parameter tensor, in the template's
+    parameters() order; each fold's dropout draws from its own generator, left in the state the
+    global one had after the fold's ``make_net()`` (module docstring)."""
+
+    threadsafe = True
+    fused_adam = False
+
+    def __init__(self, template: nn.Module, n_folds: int, *, lr: float, device: torch.device) -> None:
+        self.device, self.lr = device, lr
+        self.num_classes = template.num_classes
+        self.shapes = {name: p.shape for name, p in template.named_parameters()}
+        self.offsets, n = {}, 0
+        for name, shape in self.shapes.items():
+            self.offsets[name] = n
+            n += math.prod(shape)
+        self.n_params = n
+        self.params = torch.empty(n_folds, n, device=device)
+        self.dropout_rng: list[torch.Generator | None] = [None] * n_folds
+        self.adam: dict[int, _Adam] = {}
+
+    def add_fold(self, f: int, net: nn.Module, rng_state: torch.Tensor,
+                 cuda_state: torch.Tensor | None) -> None:
+        self.params[f] = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        self.dropout_rng[f] = torch.Generator()
+        self.dropout_rng[f].set_state(rng_state)
+
+    def _param(self, row: torch.Tensor, name: str) -> torch.Tensor:
+        off = self.offsets[name]
+        return row[off:off + math.prod(self.shapes[name])].view(self.shapes[name])
+
+    def begin(self, f: int) -> None:
+        params = ([self._param(self.params[f], name) for name in self.shapes] if self.fused_adam
+                  else [self.params[f]])
+        self.adam[f] = _Adam(params, lr=self.lr, fused=self.fused_adam)
+
+    def end(self, f: int) -> None:
+        del self.adam[f]
+
+    def _noise(self, f: int, shape: tuple[int, ...], p: float) -> torch.Tensor:
+        """Fold f's dropout multipliers (mask / (1 - p)) for an input of ``shape``: the
+        reference's one bernoulli_ draw on a fresh tensor of that shape."""
+        if p == 1:  # the reference multiplies by zero without drawing
+            return torch.zeros(shape, device=self.device)
+        return _bernoulli(shape, 1 - p, self.dropout_rng[f]).div_(1 - p).to(self.device)
 
 
 # --------------------------------------------------------------------------- generic path
 
 class _ModuleFolds(_Trainer):
-    """Any net: one module and one ``torch.optim.Adam`` per fold, stepped in turn, the global
-    generator swapped to the fold's around each training forward (dropout's draws). This is the
-    reference's arithmetic, interleaved; it is the path for nets without a hand-written one."""
+    """Any net: one module and one ``torch.optim.Adam`` per fold, the global generator swapped to
+    the fold's around each training step (dropout's draws). This is the reference's arithmetic,
+    fold after fold; one thread, as the global generator is shared."""
 
-    def __init__(self, nets: list[nn.Module], rng_states: list[torch.Tensor],
-                 cuda_states: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor, *,
+    def __init__(self, template: nn.Module, x: torch.Tensor, y: torch.Tensor, n_folds: int, *,
                  lr: float, device: torch.device) -> None:
-        self.device = device
-        self.nets = [net.to(device) for net in nets]
-        self.opts = [torch.optim.Adam(net.parameters(), lr=lr) for net in self.nets]
-        self.rng = list(rng_states)
-        # On CUDA dropout draws from the CUDA generator, which the reference's manual_seed set.
-        self.cuda_rng = list(cuda_states) if device.type == "cuda" else None
+        self.device, self.lr = device, lr
+        self.num_classes = template.num_classes
+        self.nets: list[nn.Module | None] = [None] * n_folds
+        self.opts: dict[int, torch.optim.Adam] = {}
+        self.rng: list[torch.Tensor | None] = [None] * n_folds
+        self.cuda_rng: list[torch.Tensor | None] = [None] * n_folds
         self.x, self.y = x.to(device), y.to(device)
         self.loss = nn.CrossEntropyLoss()
+
+    def add_fold(self, f: int, net: nn.Module, rng_state: torch.Tensor,
+                 cuda_state: torch.Tensor | None) -> None:
+        self.nets[f] = net.to(self.device)
+        # On CUDA dropout draws from the CUDA generator, which the reference's manual_seed set.
+        self.rng[f], self.cuda_rng[f] = rng_state, cuda_state
+
+    def begin(self, f: int) -> None:
+        self.opts[f] = torch.optim.Adam(self.nets[f].parameters(), lr=self.lr)
+
+    def end(self, f: int) -> None:
+        del self.opts[f]
+        self.nets[f] = None  # its predictions are taken
 
     @contextmanager
     def _fold_rng(self, f: int) -> Iterator[None]:
         torch.set_rng_state(self.rng[f])
-        if self.cuda_rng is not None:
+        if self.cuda_rng[f] is not None:
             torch.cuda.set_rng_state(self.cuda_rng[f], self.device)
         yield
         self.rng[f] = torch.get_rng_state()
-        if self.cuda_rng is not None:
+        if self.cuda_rng[f] is not None:
             self.cuda_rng[f] = torch.cuda.get_rng_state(self.device)
 
     def train_step(self, f: int, idx: torch.Tensor, scratch: object) -> None:
@@ -361,16 +446,14 @@ class _Buffers:
 
 
 class _Scratch:
-    """A worker's reusable tensors: full-size buffers (grown on demand), a gradient row and
-    Adam's denominator row."""
+    """A worker's reusable tensors: full-size buffers (grown on demand) and a gradient row."""
 
     def __init__(self, n_params: int, device: torch.device) -> None:
         self.buffers: _Buffers | None = None
         self.grad = torch.zeros(n_params, device=device)
-        self.denom = torch.empty(n_params, device=device)
 
 
-class _STSTNetFolds(_Trainer):
+class _STSTNetFolds(_FlatFolds):
     """STSTNet folds with the hand-written forward and backward of the module docstring.
 
     Per fold and step, with B samples, K = in_chans·k² + 1 patch columns (the 1 for the bias),
@@ -409,15 +492,13 @@ class _STSTNetFolds(_Trainer):
         ok &= side >= 2 and net.fc.in_features == sum(c.out_channels for c in convs) * (side // 2) ** 2
         return bool(ok)
 
-    def __init__(self, nets: list[nn.Module], rng_states: list[torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, *, lr: float, device: torch.device) -> None:
-        net = nets[0]
-        conv0, bn0 = net.branches[0][0], net.branches[0][2]
-        self.device = device
-        self.branch_channels = [b[0].out_channels for b in net.branches]
+    def __init__(self, template: nn.Module, x: torch.Tensor, y: torch.Tensor, n_folds: int, *,
+                 lr: float, device: torch.device) -> None:
+        super().__init__(template, n_folds, lr=lr, device=device)
+        conv0, bn0 = template.branches[0][0], template.branches[0][2]
+        self.branch_channels = [b[0].out_channels for b in template.branches]
         self.C = sum(self.branch_channels)
-        self.num_classes = net.num_classes
-        self.drop = float(net.branches[0][4].p)
+        self.drop = float(template.branches[0][4].p)
         self.eps, self.momentum = float(bn0.eps), float(bn0.momentum)
         kernel, pad = conv0.kernel_size[0], conv0.padding[0]
         self.conv_side = x.shape[2] + 2 * pad - kernel + 1
@@ -425,26 +506,8 @@ class _STSTNetFolds(_Trainer):
         self.avg_side = self.layout.side // 2
         self.k_in = x.shape[1] * kernel * kernel
         self.K = self.k_in + 1
-
-        # Every fold's parameters as one row of a (folds, n) tensor, in parameters() order.
-        self.shapes = {name: p.shape for name, p in net.named_parameters()}
-        self.offsets, n = {}, 0
-        for name, shape in self.shapes.items():
-            self.offsets[name] = n
-            n += math.prod(shape)
-        self.params = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()])
-                                   for m in nets]).to(device)
-        self.n_params = n
-        self.adam = _FoldAdam(self.params, lr=lr)
-        running = [torch.cat([b[2].running_mean for b in m.branches]) for m in nets]
-        self.running_mean = torch.stack(running).to(device, torch.float32)
-        running = [torch.cat([b[2].running_var for b in m.branches]) for m in nets]
-        self.running_var = torch.stack(running).to(device, torch.float32)
-        self.dropout_rng = []
-        for state in rng_states:
-            g = torch.Generator()
-            g.set_state(state)
-            self.dropout_rng.append(g)
+        self.running_mean = torch.empty(n_folds, self.C, device=device)
+        self.running_var = torch.empty(n_folds, self.C, device=device)
 
         # Patches of every sample once, rows in the layout's order, a ones column for the bias;
         # padding slots are all-zero rows, so their z is exactly 0.
@@ -456,14 +519,16 @@ class _STSTNetFolds(_Trainer):
         self.pad_slots = (self.layout.positions[:self.layout.pool_rows] < 0).view(
             1, self.layout.slots, self.layout.windows, 1).to(device)
 
+    def add_fold(self, f: int, net: nn.Module, rng_state: torch.Tensor,
+                 cuda_state: torch.Tensor | None) -> None:
+        super().add_fold(f, net, rng_state, cuda_state)
+        self.running_mean[f] = torch.cat([b[2].running_mean for b in net.branches])
+        self.running_var[f] = torch.cat([b[2].running_var for b in net.branches])
+
     def scratch(self) -> _Scratch:
         return _Scratch(self.n_params, self.device)
 
     # ------------------------------------------------------------------ parameters
-
-    def _param(self, row: torch.Tensor, name: str) -> torch.Tensor:
-        off = self.offsets[name]
-        return row[off:off + math.prod(self.shapes[name])].view(self.shapes[name])
 
     def _unpack(self, f: int) -> tuple[torch.Tensor, ...]:
         """Fold f's weights: the conv as (K, C) with the bias as last row, BN gamma and beta (C,),
@@ -520,17 +585,12 @@ class _STSTNetFolds(_Trainer):
         h = h.view(b, side, side, self.C)[:, :2 * a, :2 * a]
         return h.reshape(b, a, 2, a, 2, self.C).mean((2, 4)).reshape(b, a * a * self.C)
 
-    def _noise(self, f: int, batch: int) -> torch.Tensor:
-        """Fold f's dropout multipliers (mask / (1 - p)) for one training forward, (B, W, C) (a
-        transposed view): per branch, the reference's bernoulli_ draw on its (B, c, side, side)
-        input, in branch order."""
-        if self.drop == 1:  # the reference multiplies by zero without drawing
-            return torch.zeros(batch, self.layout.windows, self.C, device=self.device)
+    def _pooled_noise(self, f: int, batch: int) -> torch.Tensor:
+        """Fold f's dropout multipliers for one training forward, (B, W, C) (a transposed view):
+        per branch, in branch order, the draw of the reference's dropout on (B, c, side, side)."""
         w = self.layout.windows
-        masks = [_bernoulli((batch, c, w), 1 - self.drop, self.dropout_rng[f])
-                 for c in self.branch_channels]
-        noise = torch.cat(masks, 1).div_(1 - self.drop)  # (B, C, W)
-        return noise.to(self.device).transpose(1, 2)
+        noise = torch.cat([self._noise(f, (batch, c, w), self.drop) for c in self.branch_channels], 1)
+        return noise.transpose(1, 2)
 
     def _work(self, scratch: _Scratch, batch: int) -> _Buffers:
         if scratch.buffers is None or scratch.buffers.capacity < batch:
@@ -567,7 +627,7 @@ class _STSTNetFolds(_Trainer):
         self.running_var[f].mul_(1 - mom).add_((mom * var * N / max(N - 1, 1)).float())
 
         h = torch.addcmul(shift.float(), q, alpha.float())  # BN of the pooled r
-        noise = self._noise(f, B) if self.drop > 0 else None
+        noise = self._pooled_noise(f, B) if self.drop > 0 else None
         if noise is not None:
             h = h * noise
         feat = self._head(h)  # (B, A·A·C)
@@ -611,7 +671,7 @@ class _STSTNetFolds(_Trainer):
         d_conv = torch.mm(dz.t(), patches).double().sub_(k2[:, None] * rp).float()  # (C, K)
 
         grad = self._pack_grads(scratch.grad, d_conv, d_gamma, d_beta, d_fc_w, d_fc_b)
-        self.adam.step(f, grad, scratch.denom)
+        self.adam[f].step([grad])
 
     def predict(self, f: int, idx: torch.Tensor) -> np.ndarray:
         if len(idx) == 0:
@@ -627,3 +687,88 @@ class _STSTNetFolds(_Trainer):
             h = torch.addcmul(beta - self.running_mean[f] * scale, q, scale)
             out.append(torch.addmm(fc_b, self._head(h), fc_w).float().cpu())
         return torch.softmax(torch.cat(out), 1).double().numpy()
+
+
+# --------------------------------------------------------------------------- OFF-ApexNet
+
+class _OFFApexNetFolds(_FlatFolds):
+    """OFF-ApexNet folds: the reference's layers run functionally on the fold's parameter row,
+    autograd for the backward. What differs from the module: the streams are one grouped
+    convolution per layer in channels-last memory (stream s is group s; the reference
+    concatenates the streams in this order), dropout masks come from the fold's generator, and
+    Adam is fused (the 2.7 M parameters make Adam's seven passes the biggest cost of a step)."""
+
+    fused_adam = True
+
+    @staticmethod
+    def supports(net: nn.Module, x: torch.Tensor) -> bool:
+        if type(net) is not OFFApexNet or x.ndim != 4 or x.shape[1] != len(net.streams):
+            return False
+        kinds = [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+        if any([type(m) for m in s] != kinds for s in net.streams):
+            return False
+        first = net.streams[0]
+
+        def config(m: nn.Module) -> tuple:
+            if isinstance(m, nn.Conv2d):
+                return (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                        m.dilation, m.groups, m.bias is not None, m.padding_mode)
+            if isinstance(m, nn.MaxPool2d):
+                return m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices
+            return ()
+
+        ok = all(config(m) == config(m0) for s in net.streams for m, m0 in zip(s, first))
+        ok &= first[0].in_channels == 1 and first[0].groups == 1 and first[3].groups == 1
+        ok &= first[0].bias is not None and first[3].bias is not None
+        ok &= first[0].padding_mode == "zeros" and first[3].padding_mode == "zeros"
+        ok &= not first[2].return_indices
+        layers = list(net.pre_logits)
+        ok &= len(layers) % 3 == 0 and all(
+            [type(m) for m in layers[i:i + 3]] == [nn.Linear, nn.ReLU, nn.Dropout]
+            and not layers[i + 2].inplace for i in range(0, len(layers), 3))
+        return bool(ok)
+
+    def __init__(self, template: nn.Module, x: torch.Tensor, y: torch.Tensor, n_folds: int, *,
+                 lr: float, device: torch.device) -> None:
+        super().__init__(template, n_folds, lr=lr, device=device)
+        s0 = template.streams[0]
+        self.n_streams = len(template.streams)
+        self.convs = [(i, s0[i].stride, s0[i].padding, s0[i].dilation) for i in (0, 3)]
+        self.pools = [(s0[i].kernel_size, s0[i].stride, s0[i].padding, s0[i].dilation, s0[i].ceil_mode)
+                      for i in (2, 5)]
+        layers = list(template.pre_logits)
+        self.hidden = [(f"pre_logits.{i}", float(layers[i + 2].p)) for i in range(0, len(layers), 3)]
+        self.x = x.to(device)
+        self.y = y.to(device)
+
+    def _logits(self, w: dict[str, torch.Tensor], x: torch.Tensor, f: int | None) -> torch.Tensor:
+        """Logits (B, classes) from parameters ``w`` (name -> tensor); dropout drawn from fold
+        f's generator when f is given (training), none when None (eval)."""
+        h = x.contiguous(memory_format=torch.channels_last)  # (B, streams, H, W)
+        for (i, stride, padding, dilation), pool in zip(self.convs, self.pools):
+            weight = torch.cat([w[f"streams.{s}.{i}.weight"] for s in range(self.n_streams)])
+            bias = torch.cat([w[f"streams.{s}.{i}.bias"] for s in range(self.n_streams)])
+            h = F.conv2d(h, weight, bias, stride, padding, dilation, groups=self.n_streams).relu_()
+            h = F.max_pool2d(h, *pool)  # (B, streams·c, H', W')
+        h = h.flatten(1)  # the reference's (streams·c, H', W') order
+        for name, p in self.hidden:
+            h = F.linear(h, w[f"{name}.weight"], w[f"{name}.bias"]).relu_()
+            if f is not None and p > 0:
+                h = h * self._noise(f, tuple(h.shape), p)
+        return F.linear(h, w["fc.weight"], w["fc.bias"])
+
+    def train_step(self, f: int, idx: torch.Tensor, scratch: object) -> None:
+        row = self.params[f]
+        leaves = {name: self._param(row, name).detach().requires_grad_() for name in self.shapes}
+        idx = idx.to(self.device)
+        with torch.enable_grad():
+            loss = F.cross_entropy(self._logits(leaves, self.x[idx], f), self.y[idx])
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        self.adam[f].step(list(grads))
+
+    def predict(self, f: int, idx: torch.Tensor) -> np.ndarray:
+        w = {name: self._param(self.params[f], name) for name in self.shapes}
+        logits = [self._logits(w, self.x[idx[i:i + 1024].to(self.device)], None).float().cpu()
+                  for i in range(0, len(idx), 1024)]
+        logits = torch.cat(logits) if logits else torch.empty((0, self.num_classes))
+        return torch.softmax(logits, 1).double().numpy()
