@@ -226,12 +226,14 @@ class _Trainer:
 _RAND_IS_BERNOULLI: bool | None = None
 
 
-def _bernoulli(shape: tuple[int, ...], p: float, generator: torch.Generator) -> torch.Tensor:
+def _bernoulli(shape: tuple[int, ...], p: float, generator: torch.Generator,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.empty(shape).bernoulli_(p, generator=generator)``, the same bits and the same
     generator advance, about 2.5× faster where PyTorch's CPU bernoulli_ is its default kernel
     (one 53-bit uniform double per element, ``u < p``): that kernel is serial, this one is the
     uniform_ kernel on the same stream. Checked once per process against bernoulli_ itself; where
-    they differ (an MKL build drawing seeded streams), bernoulli_ is used."""
+    they differ (an MKL build drawing seeded streams), bernoulli_ is used. ``out``: a float
+    tensor (any strides) of ``shape`` to write the 0/1 mask into."""
     global _RAND_IS_BERNOULLI
     if _RAND_IS_BERNOULLI is None:
         g1, g2 = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
@@ -242,8 +244,10 @@ def _bernoulli(shape: tuple[int, ...], p: float, generator: torch.Generator) -> 
             same &= torch.equal(a, b)
         _RAND_IS_BERNOULLI = same and torch.equal(g1.get_state(), g2.get_state())
     if _RAND_IS_BERNOULLI:
-        return (torch.rand(shape, dtype=torch.float64, generator=generator) < p).float()
-    return torch.empty(shape).bernoulli_(p, generator=generator)
+        u = torch.rand(shape, dtype=torch.float64, generator=generator)
+        return torch.lt(u, p, out=out) if out is not None else (u < p).float()
+    mask = torch.empty(shape).bernoulli_(p, generator=generator)
+    return out.copy_(mask) if out is not None else mask
 
 
 # --------------------------------------------------------------------------- Adam
@@ -433,16 +437,18 @@ def _pool_layout(conv_side: int, kernel: int, padding: int) -> _PoolLayout:
 
 
 class _Buffers:
-    """One worker's full-size work tensors, reused across steps (prefix views for smaller
-    batches): fresh tensors of this size cost page faults every step."""
+    """One worker's full-size work tensors for one chunk of samples, reused across steps (fresh
+    tensors of these sizes cost page faults every step) and small enough to stay in cache
+    through the passes over them."""
 
-    def __init__(self, rows: int, layout: _PoolLayout, k: int, c: int, device: torch.device) -> None:
-        self.capacity = rows
+    def __init__(self, chunk: int, layout: _PoolLayout, k: int, c: int, device: torch.device) -> None:
         n = layout.positions.numel()
-        self.patches = torch.empty(rows, n, k, device=device)
-        self.z = torch.empty(rows * n, c, device=device)
-        self.dz = torch.empty(rows * n, c, device=device)
-        self.at_max = torch.empty(rows, layout.slots, layout.windows, c, device=device)
+        self.patches = torch.empty(chunk, n, k, device=device)
+        self.z = torch.empty(chunk * n, c, device=device)
+        self.mask = torch.empty(chunk * n, c, device=device)
+        self.dz = torch.empty(chunk * n, c, device=device)
+        # float 0/1, not bool: comparisons and products into float run 4-7× faster
+        self.at_max = torch.empty(chunk, layout.slots, layout.windows, c, device=device)
 
 
 class _Scratch:
@@ -516,6 +522,7 @@ class _STSTNetFolds(_FlatFolds):
         cols = torch.cat([cols, torch.zeros(len(x), 1, self.K)], 1)  # row -1: the padding slot
         self.patches = cols[:, self.layout.positions].contiguous().to(device)  # (N, n, K)
         self.y = y.to(device)
+        self.chunk = 16  # samples per pass over full-size tensors
         self.pad_slots = (self.layout.positions[:self.layout.pool_rows] < 0).view(
             1, self.layout.slots, self.layout.windows, 1).to(device)
 
@@ -532,7 +539,7 @@ class _STSTNetFolds(_FlatFolds):
 
     def _unpack(self, f: int) -> tuple[torch.Tensor, ...]:
         """Fold f's weights: the conv as (K, C) with the bias as last row, BN gamma and beta (C,),
-        the FC weight permuted to the pooled layout's (A·A·C, classes) and its bias."""
+        the FC weight on the pooled layout, (W·C, classes), and its bias."""
         row = self.params[f]
         nb = len(self.branch_channels)
         w = torch.cat([self._param(row, f"branches.{b}.0.weight").reshape(-1, self.k_in)
@@ -541,11 +548,14 @@ class _STSTNetFolds(_FlatFolds):
         conv = torch.cat([w, bias[:, None]], 1).t().contiguous()  # (K, C)
         gamma = torch.cat([self._param(row, f"branches.{b}.2.weight") for b in range(nb)])
         beta = torch.cat([self._param(row, f"branches.{b}.2.bias") for b in range(nb)])
-        a = self.avg_side
-        # The reference flattens (C, A, A); the pooled tensors here are (A, A, C).
+        # The reference average-pools 2×2 and flattens (C, A, A); here the FC reads the pooled
+        # (W, C) directly, each weight spread over its 2×2 windows / 4 (0 past the pool's crop).
+        a, side = self.avg_side, self.layout.side
         fc_w = self._param(row, "fc.weight").view(self.num_classes, self.C, a, a)
-        fc_w = fc_w.permute(2, 3, 1, 0).reshape(a * a * self.C, self.num_classes)
-        return conv, gamma, beta, fc_w, self._param(row, "fc.bias")
+        fc_w = fc_w.permute(2, 3, 1, 0)[:, None, :, None].expand(a, 2, a, 2, self.C, self.num_classes)
+        spread = torch.zeros(side, side, self.C, self.num_classes, device=self.device)
+        spread[:2 * a, :2 * a] = fc_w.reshape(2 * a, 2 * a, self.C, self.num_classes) * 0.25
+        return conv, gamma, beta, spread.view(-1, self.num_classes), self._param(row, "fc.bias")
 
     def _pack_grads(self, g: torch.Tensor, d_conv: torch.Tensor, d_gamma: torch.Tensor,
                     d_beta: torch.Tensor, d_fc_w: torch.Tensor, d_fc_b: torch.Tensor) -> torch.Tensor:
@@ -559,9 +569,10 @@ class _STSTNetFolds(_FlatFolds):
             self._param(g, f"branches.{b}.2.weight").copy_(d_gamma[sl])
             self._param(g, f"branches.{b}.2.bias").copy_(d_beta[sl])
             start += c
-        a = self.avg_side
-        self._param(g, "fc.weight").view(self.num_classes, self.C, a, a).copy_(
-            d_fc_w.view(self.num_classes, a, a, self.C).permute(0, 3, 1, 2))
+        a, side = self.avg_side, self.layout.side
+        d_fc_w = d_fc_w.view(self.num_classes, side, side, self.C)[:, :2 * a, :2 * a]
+        d_fc_w = d_fc_w.reshape(self.num_classes, a, 2, a, 2, self.C).sum((2, 4)).mul_(0.25)
+        self._param(g, "fc.weight").view(self.num_classes, self.C, a, a).copy_(d_fc_w.permute(0, 3, 1, 2))
         self._param(g, "fc.bias").copy_(d_fc_b)
         return g
 
@@ -579,23 +590,29 @@ class _STSTNetFolds(_FlatFolds):
         signed = (z9 * sign).masked_fill_(self.pad_slots, -math.inf)
         return (signed.amax(1) * sign).relu_()
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        """Average pool 2/2 of pooled (B, W, C) -> (B, A·A·C) in (A, A, C) order."""
-        b, side, a = h.shape[0], self.layout.side, self.avg_side
-        h = h.view(b, side, side, self.C)[:, :2 * a, :2 * a]
-        return h.reshape(b, a, 2, a, 2, self.C).mean((2, 4)).reshape(b, a * a * self.C)
-
     def _pooled_noise(self, f: int, batch: int) -> torch.Tensor:
-        """Fold f's dropout multipliers for one training forward, (B, W, C) (a transposed view):
-        per branch, in branch order, the draw of the reference's dropout on (B, c, side, side)."""
-        w = self.layout.windows
-        noise = torch.cat([self._noise(f, (batch, c, w), self.drop) for c in self.branch_channels], 1)
-        return noise.transpose(1, 2)
+        """Fold f's dropout multipliers for one training forward, (B, W, C): per branch, in
+        branch order, the draw of the reference's dropout on its (B, c, side, side) input."""
+        noise = torch.empty(batch, self.layout.windows, self.C, device=self.device)
+        if self.drop == 1:  # the reference multiplies by zero without drawing
+            return noise.zero_()
+        start = 0
+        for c in self.branch_channels:
+            block = noise[:, :, start:start + c].transpose(1, 2)  # (B, c, W), the draw's order
+            _bernoulli(tuple(block.shape), 1 - self.drop, self.dropout_rng[f], out=block)
+            start += c
+        return noise.div_(1 - self.drop)
 
-    def _work(self, scratch: _Scratch, batch: int) -> _Buffers:
-        if scratch.buffers is None or scratch.buffers.capacity < batch:
-            scratch.buffers = None  # free first: the old and new ones need not coexist
-            scratch.buffers = _Buffers(batch, self.layout, self.K, self.C, self.device)
+    def _chunks(self, idx: torch.Tensor, buf: _Buffers) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(b0, b1, patches of samples idx[b0:b1] as (rows, K)), chunk after chunk."""
+        for b0 in range(0, len(idx), self.chunk):
+            b1 = min(len(idx), b0 + self.chunk)
+            patches = torch.index_select(self.patches, 0, idx[b0:b1], out=buf.patches[:b1 - b0])
+            yield b0, b1, patches.view(-1, self.K)
+
+    def _work(self, scratch: _Scratch) -> _Buffers:
+        if scratch.buffers is None:
+            scratch.buffers = _Buffers(self.chunk, self.layout, self.K, self.C, self.device)
         return scratch.buffers
 
     # ------------------------------------------------------------------ train / predict
@@ -605,20 +622,23 @@ class _STSTNetFolds(_FlatFolds):
         B = len(idx)
         n = lay.positions.numel()
         N = B * self.conv_side ** 2  # BN's count: every conv output position of the batch
-        buf = self._work(scratch, B)
+        buf = self._work(scratch)
         conv, gamma, beta, fc_w, fc_b = self._unpack(f)
 
-        # forward
-        patches = torch.index_select(self.patches, 0, idx.to(self.device), out=buf.patches[:B])
-        patches = patches.view(B * n, K)
-        z = torch.mm(patches, conv, out=buf.z[:B * n])  # (B·n, C)
-        q = self._pooled(z.view(B, n, C), gamma)  # (B, W, C)
-        r = z.relu_()
-        r_patches = torch.mm(r.t(), patches)  # (C, K): Σ r·patch, for BN and the weight gradient
-        # BN statistics from it: Σr is the bias column, Σr² = Σ r·z = r_patches · conv.
-        rp = r_patches.double()
-        mean = rp[:, -1] / N
-        var = ((rp * conv.t().double()).sum(1) / N - mean * mean).clamp_min(0)
+        # forward, a chunk of samples at a time (its full-size tensors stay in cache): the pooled
+        # max of r = relu(z) and BN's sums Σr, Σr².
+        idx = idx.to(self.device)
+        q = torch.empty(B, lay.windows, C, device=self.device)
+        r_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
+        r_sq = torch.zeros(C, dtype=torch.float64, device=self.device)
+        for b0, b1, patches in self._chunks(idx, buf):
+            z = torch.mm(patches, conv, out=buf.z[:len(patches)])  # (rows, C)
+            q[b0:b1] = self._pooled(z.view(b1 - b0, -1, C), gamma)
+            r = z.relu_()
+            r_sum += r.sum(0)
+            r_sq += torch.linalg.vecdot(r, r, dim=0)
+        mean = r_sum / N
+        var = (r_sq / N - mean * mean).clamp_min(0)
         invstd = (var + self.eps).rsqrt()
         alpha = gamma.double() * invstd
         shift = beta.double() - mean * alpha
@@ -626,49 +646,53 @@ class _STSTNetFolds(_FlatFolds):
         self.running_mean[f].mul_(1 - mom).add_((mom * mean).float())
         self.running_var[f].mul_(1 - mom).add_((mom * var * N / max(N - 1, 1)).float())
 
-        h = torch.addcmul(shift.float(), q, alpha.float())  # BN of the pooled r
+        h = torch.addcmul(shift.float(), q, alpha.float())  # BN of the pooled r, (B, W, C)
         noise = self._pooled_noise(f, B) if self.drop > 0 else None
         if noise is not None:
-            h = h * noise
-        feat = self._head(h)  # (B, A·A·C)
-        logits = torch.addmm(fc_b, feat, fc_w)
+            h.mul_(noise)
+        logits = torch.addmm(fc_b, h.view(B, -1), fc_w)
 
-        # backward: cross-entropy (mean over the batch) through the FC and the average pool
+        # backward: cross-entropy (mean over the batch) through the FC (and the average pool)
         dlogits = torch.softmax(logits, 1)
-        dlogits[torch.arange(B, device=self.device), self.y[idx.to(self.device)]] -= 1
+        dlogits[torch.arange(B, device=self.device), self.y[idx]] -= 1
         dlogits /= B
-        d_fc_w = dlogits.t() @ feat  # (classes, A·A·C)
+        d_fc_w = dlogits.t() @ h.view(B, -1)  # (classes, W·C)
         d_fc_b = dlogits.sum(0)
-        a, side = self.avg_side, lay.side
-        dfeat = (dlogits @ fc_w.t()).mul_(0.25).view(B, a, 1, a, 1, C)
-        dh = torch.zeros(B, side, side, C, device=self.device)
-        dh[:, :2 * a, :2 * a] = dfeat.expand(B, a, 2, a, 2, C).reshape(B, 2 * a, 2 * a, C)
-        dh = dh.view(B, lay.windows, C)
+        dh = (dlogits @ fc_w.t()).view(B, lay.windows, C)
         if noise is not None:
             dh.mul_(noise)
         # BN backward: dL/dr = alpha·(G − mean(G) − x̂·mean(G·x̂)) over all N positions, where G
         # (the gradient of BN's output) is nonzero only at each window's max; so
-        # dL/dz = 1[z > 0]·(alpha·G − k1) − k2·r.
-        xq = (q - mean.float()) * invstd.float()
-        d_beta = dh.sum((0, 1))
-        d_gamma = (dh * xq).sum((0, 1))
-        mean_g, mean_gx = d_beta.double() / N, d_gamma.double() / N
+        # dL/dz = 1[z > 0]·(alpha·G − k1) − k2·r. Σ G·x̂ = invstd·(Σ G·q − mean·Σ G).
+        flat = dh.view(-1, C)
+        d_beta = flat.sum(0)
+        d_gamma = (torch.linalg.vecdot(flat, q.view(-1, C), dim=0).double()
+                   - mean * d_beta.double()) * invstd
+        mean_g, mean_gx = d_beta.double() / N, d_gamma / N
+        d_gamma = d_gamma.float()
         k1 = alpha * (mean_g - mean_gx * invstd * mean)
         k2 = alpha * mean_gx * invstd
-        routed = dh.mul_(alpha.float()).unsqueeze(1)  # alpha·G at each window's max
+        routed = dh.mul_(alpha.float())  # alpha·G, to each window's max
+        q_max = torch.where(q > 0, q, math.nan)  # NaN matches nothing: see below
+        neg_k1, neg_k2 = (-k1).float(), (-k2).float()
 
-        dz = torch.sign(r, out=buf.dz[:B * n]).mul_(-k1.float())  # r >= 0: sign is 1[z > 0]
-        r9 = r.view(B, n, C)[:, :lay.pool_rows].view(B, lay.slots, lay.windows, C)
-        dz9 = dz.view(B, n, C)[:, :lay.pool_rows].view(B, lay.slots, lay.windows, C)
-        # The max's slot, where the max is positive (NaN matches nothing): where it is r = 0, the
-        # routed gradient meets 1[z > 0] = 0 anyway.
-        positive = q > 0
-        at_max = torch.eq(r9, torch.where(positive, q, math.nan).unsqueeze(1), out=buf.at_max[:B])
-        if at_max.sum() != positive.sum():
-            # A tie at a positive max: PyTorch's max-pool takes the first slot only.
-            at_max.mul_(at_max.cumsum(1) == 1)
-        dz9.addcmul_(at_max, routed)
-        d_conv = torch.mm(dz.t(), patches).double().sub_(k2[:, None] * rp).float()  # (C, K)
+        # dW = Σ dz·patch, chunk by chunk; z is recomputed (cheaper than keeping it in memory).
+        d_conv = torch.zeros(C, K, device=self.device)
+        for b0, b1, patches in self._chunks(idx, buf):
+            rows = len(patches)
+            r = torch.mm(patches, conv, out=buf.z[:rows]).relu_()
+            dz = torch.mul(torch.sign(r, out=buf.mask[:rows]), neg_k1, out=buf.dz[:rows])  # r >= 0
+            dz.addcmul_(r, neg_k2)
+            # The max's slot, where the max is positive; where it is r = 0, the routed gradient
+            # meets 1[z > 0] = 0 anyway.
+            r9 = r.view(b1 - b0, -1, C)[:, :lay.pool_rows].view(b1 - b0, lay.slots, lay.windows, C)
+            at_max = torch.eq(r9, q_max[b0:b1].unsqueeze(1), out=buf.at_max[:b1 - b0])
+            if at_max.sum() != torch.count_nonzero(q_max[b0:b1] > 0):
+                # A tie at a positive max: PyTorch's max-pool takes the first slot only.
+                at_max.mul_(at_max.cumsum(1) == 1)
+            dz9 = dz.view(b1 - b0, -1, C)[:, :lay.pool_rows].view(b1 - b0, lay.slots, lay.windows, C)
+            dz9.addcmul_(at_max, routed[b0:b1].unsqueeze(1))
+            d_conv.addmm_(dz.t(), patches)
 
         grad = self._pack_grads(scratch.grad, d_conv, d_gamma, d_beta, d_fc_w, d_fc_b)
         self.adam[f].step([grad])
@@ -685,7 +709,7 @@ class _STSTNetFolds(_FlatFolds):
             q = self._pooled(z, gamma)
             scale = gamma / (self.running_var[f] + self.eps).sqrt()
             h = torch.addcmul(beta - self.running_mean[f] * scale, q, scale)
-            out.append(torch.addmm(fc_b, self._head(h), fc_w).float().cpu())
+            out.append(torch.addmm(fc_b, h.view(len(q), -1), fc_w).float().cpu())
         return torch.softmax(torch.cat(out), 1).double().numpy()
 
 
