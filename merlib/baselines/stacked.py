@@ -125,8 +125,8 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
             raise ValueError(f"fold {f}'s indices fall outside X (N = {len(X)})")
     dev = resolve_device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    x_all = torch.as_tensor(X, dtype=torch.float32)
-    y_all = torch.as_tensor(y, dtype=torch.long)
+    x_all = torch.tensor(X, dtype=torch.float32)  # copies: the caller's arrays may be read-only
+    y_all = torch.tensor(y, dtype=torch.long)
     n_folds = len(folds)
 
     threads = torch.get_num_threads()
@@ -156,27 +156,29 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
         def run(fold_ids: list[int]) -> None:
             # Fold after fold, as the reference: folds are independent, so the order changes no
             # bit, and only one fold's optimiser state is alive per worker.
-            scratch = trainer.scratch()
-            for f in fold_ids:
-                trainer.begin(f)
-                order_rng = torch.Generator().manual_seed(int(seeds[f]))
-                for epoch in range(epochs):
-                    order = torch.randperm(len(train_idx[f]), generator=order_rng)  # the reference's draw
-                    picked = train_idx[f][order]
-                    for start in range(0, len(picked), batch_size):
-                        trainer.train_step(f, picked[start:start + batch_size], scratch)
-                    if record_epochs:
-                        per_epoch[f][epoch] = trainer.predict(f, test_idx[f])
-                    bar.update(1)
-                proba[f] = per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, test_idx[f])
-                trainer.end(f)
+            with torch.no_grad():  # grad mode is per thread
+                scratch = trainer.scratch()
+                for f in fold_ids:
+                    trainer.begin(f)
+                    order_rng = torch.Generator().manual_seed(int(seeds[f]))
+                    for epoch in range(epochs):
+                        order = torch.randperm(len(train_idx[f]), generator=order_rng)  # the reference's draw
+                        picked = train_idx[f][order]
+                        for start in range(0, len(picked), batch_size):
+                            trainer.train_step(f, picked[start:start + batch_size], scratch)
+                        if record_epochs:
+                            per_epoch[f][epoch] = trainer.predict(f, test_idx[f])
+                        bar.update(1)
+                    proba[f] = per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, test_idx[f])
+                    trainer.end(f)
 
         try:
             if not trainer.threadsafe:  # dropout draws from the global generator, swapped per fold
                 run(list(range(n_folds)))
             else:
                 torch.set_num_threads(1)
-                n_workers = max(1, min(threads if workers is None else workers, n_folds))
+                default = 1 if dev.type == "cuda" else threads
+                n_workers = max(1, min(default if workers is None else workers, n_folds))
                 parts = [list(range(w, n_folds, n_workers)) for w in range(n_workers)]
                 if n_workers == 1:
                     run(parts[0])
@@ -593,15 +595,15 @@ class _STSTNetFolds(_FlatFolds):
     def _pooled_noise(self, f: int, batch: int) -> torch.Tensor:
         """Fold f's dropout multipliers for one training forward, (B, W, C): per branch, in
         branch order, the draw of the reference's dropout on its (B, c, side, side) input."""
-        noise = torch.empty(batch, self.layout.windows, self.C, device=self.device)
+        noise = torch.empty(batch, self.layout.windows, self.C)  # drawn on the CPU, as the reference
         if self.drop == 1:  # the reference multiplies by zero without drawing
-            return noise.zero_()
+            return noise.zero_().to(self.device)
         start = 0
         for c in self.branch_channels:
             block = noise[:, :, start:start + c].transpose(1, 2)  # (B, c, W), the draw's order
             _bernoulli(tuple(block.shape), 1 - self.drop, self.dropout_rng[f], out=block)
             start += c
-        return noise.div_(1 - self.drop)
+        return noise.div_(1 - self.drop).to(self.device)
 
     def _chunks(self, idx: torch.Tensor, buf: _Buffers) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(b0, b1, patches of samples idx[b0:b1] as (rows, K)), chunk after chunk."""
