@@ -1,54 +1,53 @@
-"""Every LOSO fold of a flow baseline trained in one pass: ``train_predict_folds``.
+"""Every LOSO fold of a flow baseline trained in one call: ``train_predict_folds``.
 
 The fold-by-fold reference is ``merlib.baselines.training.train_predict`` (Adam, cross-entropy,
-fixed epochs, the last epoch's model predicts). This module gives the same result for all folds
-at once, fold f being exactly what ``train_predict(make_net, X[tr_f], y[tr_f], X[te_f],
-seed=seeds[f])`` computes:
+fixed epochs, the last epoch's model predicts); it stays the reference implementation. Fold f
+here is what ``train_predict(make_net, X[tr_f], y[tr_f], X[te_f], seed=seeds[f])`` computes:
 
 - initial weights: ``torch.manual_seed(seeds[f]); make_net()``;
-- batches: each epoch ``torch.randperm(n_f, generator=torch.Generator().manual_seed(seeds[f]))``
-  (one generator per fold, drawn once per epoch), cut into ``batch_size`` pieces, the last one
-  short; folds of different sizes have different last batches and, when their sizes straddle a
-  multiple of the batch size, different numbers of steps;
-- Adam: one state per fold, with its own step count, the same update as ``torch.optim.Adam``'s
-  single-tensor CPU path; a fold with no batch at a step takes no step;
-- dropout: **the reference's masks, bit for bit, on CPU.** After ``make_net()`` the reference's
-  global CPU generator is touched only by dropout (the batch order has its own generator), and a
-  dropout layer draws exactly one ``bernoulli_(1 - p)`` on a fresh tensor of its input's shape.
-  Each fold keeps a ``torch.Generator`` in the state the global one had after its ``make_net()``
-  and draws the same-shaped ``bernoulli_`` from it in the same layer order, so its masks are the
-  reference's whatever the kernel (MKL's seeded streams on Intel, the per-element default
-  elsewhere). Folds therefore differ (their seeds differ) and a seed gives the same masks on every
-  run. On CUDA the masks are still drawn on the CPU: they are the CPU reference's, not those a
-  CUDA ``train_predict`` would draw.
+- batches: each epoch one ``torch.randperm(n_f, generator=<Generator seeded seeds[f]>)``, cut
+  into ``batch_size`` pieces, the last one short. Folds of different sizes have different last
+  batches and, when their sizes straddle a multiple of the batch size, different numbers of
+  steps: every fold steps on its own batches only, so padding rows never exist;
+- Adam: one state and one step count per fold (bias corrections count the fold's own steps);
+  STSTNet's is the arithmetic of ``torch.optim.Adam``'s single-tensor CPU path op for op,
+  OFF-ApexNet's the fused kernel (equal up to rounding);
+- dropout: **the reference's masks, bit for bit** (on CPU). After ``make_net()`` the reference's
+  global generator is touched by dropout only (the batch order has its own generator), and each
+  dropout call draws one ``bernoulli_(1 - p)`` on a fresh tensor of its input's shape. Each
+  fold keeps a ``torch.Generator`` in the state the global one had after its ``make_net()`` and
+  makes the same draws from it in the same order, so a fold's masks depend on its seed alone:
+  folds differ, reruns repeat. On CUDA the masks are still drawn on the CPU (the CPU
+  reference's, not those a CUDA ``train_predict`` would draw); the CUDA path is untested.
 
-What is not bit-for-bit: the floating-point order of sums (GEMMs instead of convolution kernels,
-batch-norm statistics from the conv GEMM, see below). ``tests/test_stacked.py`` holds the stacked
-probabilities to the fold-by-fold ones within 1e-4, dropout on. One difference in kind, never
-met in practice: a batch-norm weight exactly 0 sends its max-pool gradient to a different (tied)
-window element than PyTorch's max-pool, which changes only that channel's weight gradient.
+Not bit for bit: the order of floating-point sums. ``tests/test_stacked.py`` holds the
+probabilities to the fold-by-fold ones within 1e-4 (dropout on and off, folds with extra steps,
+ties inside max-pool windows, negative batch-norm weights) and one step's gradient to autograd's.
+One difference in kind, not met in practice: a batch-norm weight of exactly 0 routes its
+max-pool gradient to another (tied) window element than PyTorch's max-pool, which changes only
+that weight's own gradient.
 
-Why it is fast (measured in ``bench/stacked.py``): the fold-by-fold time is not per-step
-overhead but slow kernels on tiny channel counts (max-pool, batch-norm and 3-channel
-convolutions), so stacking the folds into bigger tensors alone would not help; on the contrary,
-stacked activations spill out of the caches. STSTNet therefore has a hand-written forward and
-backward:
+Why not one tensor for all folds: the fold-by-fold time is not per-step overhead. A 256-sample
+STSTNet step spends its time inside kernels that are slow on tiny channel counts (max-pool,
+batch-norm, 3-channel convolutions); OFF-ApexNet's inside its FC GEMMs, its convolutions and
+Adam's seven passes over 2.7 M parameters. Stacking 68 folds would multiply the activations by
+68 and push them out of the caches without removing any of that work. What is done instead:
 
-- the three branches are one convolution with 16 output channels, a GEMM of precomputed input
-  patches (the inputs never need a gradient, so the patches are cut once per run);
-- the conv output positions are ordered window-slot-major for the 3×3/3 max-pool, so the pool is
-  a max over 9 contiguous blocks;
-- batch-norm sits between ReLU and the max-pool with one positive scale per channel, so
-  max-pool(BN(r)) = BN(max-pool(r)): normalisation, dropout, average pool and the FC run at the
-  pooled 10×10 size, and the batch-norm backward reduces to two per-channel constants applied
-  at full size, its statistics coming from the same GEMM (r · patches) that the weight gradient
-  needs;
-- each fold runs its step on its own rows (no padding rows to mask), in cache, and all folds'
-  parameters, gradients and Adam states live in one (folds, parameters) tensor.
+- STSTNet has a hand-written forward and backward (``_STSTNetFolds``): the three branches are one
+  16-channel convolution, a GEMM of input patches cut once per run (inputs need no gradient),
+  with rows ordered window-slot-major so the 3×3/3 max-pool is a max over 9 blocks; batch-norm
+  (after the ReLU, before the pool) is monotone per channel, so max-pool(BN(r)) = BN(extreme of
+  r) and normalisation, dropout, average pool and FC run at the pooled 10×10 size, the
+  batch-norm backward becoming two per-channel constants at full size; full-size tensors are
+  made 16 samples at a time, so that they stay in cache, and recomputed in the backward.
+- OFF-ApexNet (``_OFFApexNetFolds``) runs its layers functionally with autograd: both streams
+  as one grouped channels-last convolution per layer, and fused Adam.
+- Folds run on worker threads (one per core), fold after fold, every kernel single-threaded,
+  so the result does not depend on the number of workers.
 
-Other networks (OFF-ApexNet, or any ``make_net``) run the generic path: one module per fold,
-stepped in turn with the global generator swapped to the fold's, Adam per fold — the reference's
-own arithmetic, interleaved.
+Any other net runs the generic path (``_ModuleFolds``): one module and ``torch.optim.Adam`` per
+fold, the global generator swapped to the fold's around each step — the reference's own
+arithmetic, bit for bit, on one thread.
 """
 from __future__ import annotations
 
@@ -454,7 +453,7 @@ class _Buffers:
 
 
 class _Scratch:
-    """A worker's reusable tensors: full-size buffers (grown on demand) and a gradient row."""
+    """A worker's reusable tensors: the chunk buffers (made on first use) and a gradient row."""
 
     def __init__(self, n_params: int, device: torch.device) -> None:
         self.buffers: _Buffers | None = None
@@ -464,12 +463,13 @@ class _Scratch:
 class _STSTNetFolds(_FlatFolds):
     """STSTNet folds with the hand-written forward and backward of the module docstring.
 
-    Per fold and step, with B samples, K = in_chans·k² + 1 patch columns (the 1 for the bias),
-    C = 16 channels, n rows per sample (``_PoolLayout``), W windows (10×10), A×A = 5×5:
-    z = patches @ W_conv (B·n, C); q = relu(max over slots) (B, W, C); BN at pooled size,
-    dropout, average pool (B, A·A·C), FC. Backward: the pooled gradient of BN's output, routed
-    to each window's first max; the full-size dz = 1[z > 0]·(routed − k1) − k2·r, applied as
-    dW = (routed − k1·1[z > 0])ᵀ patches − k2·(rᵀ patches)."""
+    Per step, with B samples, K = in_chans·k² + 1 patch columns (the 1 for the bias), C = 16
+    channels, n rows per sample (``_PoolLayout``), W = 10×10 windows. Forward, chunk by chunk:
+    z = patches @ W_conv (rows, C), q = relu(max over slots) (B, W, C), BN's Σr and Σr². Then at
+    pooled size: BN, dropout, the FC over (W·C) with the 2×2 average pool folded into its weight,
+    cross-entropy and their backward down to G, the gradient of BN's output. Backward, chunk by
+    chunk, z recomputed: dz = 1[z > 0]·(alpha·G at the window's first max − k1) − k2·r and
+    dW += dzᵀ patches."""
 
     @staticmethod
     def supports(net: nn.Module, x: torch.Tensor) -> bool:
