@@ -150,16 +150,17 @@ def test_dropout_is_per_fold_seeded_and_independent():
     assert not np.allclose(no_drop.proba[0], a[0], atol=1e-3)
 
 
-def test_worker_count_does_not_change_a_bit_and_rng_is_left_alone():
-    X, y, folds = _problem(3, sizes=(5, 6, 7, 8, 9, 5))
+@pytest.mark.parametrize("name", list(NETS))
+def test_worker_count_does_not_change_a_bit_and_rng_is_left_alone(name):
+    X, y, folds = _problem(NETS[name][1], sizes=(5, 6, 7, 8, 9, 5))
     seeds = list(range(len(folds)))
-    kw = dict(epochs=2, lr=1e-3, batch_size=16)
+    kw = dict(epochs=2, lr=1e-4, batch_size=16)
     torch.manual_seed(11)
     before = torch.rand(4)
     torch.manual_seed(11)
-    one = train_predict_folds("ststnet", X, y, folds, seeds=seeds, workers=1, **kw).proba
+    one = train_predict_folds(name, X, y, folds, seeds=seeds, workers=1, **kw).proba
     after = torch.rand(4)
-    two = train_predict_folds("ststnet", X, y, folds, seeds=seeds, workers=2, **kw).proba
+    two = train_predict_folds(name, X, y, folds, seeds=seeds, workers=2, **kw).proba
     assert torch.equal(before, after)
     assert torch.get_num_threads() == 1
     for p, q in zip(one, two):

@@ -580,12 +580,13 @@ class _STSTNetFolds(_FlatFolds):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor, positive: bool) -> torch.Tensor:
         """relu(z) max-pooled through BN's sign: (B, W, C) from z (B, n, C). BN's scale has
-        gamma's sign; where it is negative, BN(max-pool) is the min of r, padding excluded."""
+        gamma's sign; where it is negative, BN(max-pool) is the min of r, padding excluded.
+        ``positive``: no gamma is negative."""
         lay = self.layout
         z9 = z[:, :lay.pool_rows].view(z.shape[0], lay.slots, lay.windows, self.C)
-        if bool((gamma >= 0).all()):
+        if positive:
             # Padding slots hold z = 0, harmless here: relu(max(z, 0)) = relu(max z).
             return z9.amax(1).relu_()
         sign = torch.where(gamma < 0, -1.0, 1.0)
@@ -595,15 +596,13 @@ class _STSTNetFolds(_FlatFolds):
     def _pooled_noise(self, f: int, batch: int) -> torch.Tensor:
         """Fold f's dropout multipliers for one training forward, (B, W, C): per branch, in
         branch order, the draw of the reference's dropout on its (B, c, side, side) input."""
-        noise = torch.empty(batch, self.layout.windows, self.C)  # drawn on the CPU, as the reference
         if self.drop == 1:  # the reference multiplies by zero without drawing
-            return noise.zero_().to(self.device)
-        start = 0
-        for c in self.branch_channels:
-            block = noise[:, :, start:start + c].transpose(1, 2)  # (B, c, W), the draw's order
-            _bernoulli(tuple(block.shape), 1 - self.drop, self.dropout_rng[f], out=block)
-            start += c
-        return noise.div_(1 - self.drop).to(self.device)
+            return torch.zeros(batch, self.layout.windows, self.C, device=self.device)
+        w = self.layout.windows
+        masks = [_bernoulli((batch, c, w), 1 - self.drop, self.dropout_rng[f])
+                 for c in self.branch_channels]  # drawn on the CPU, as the reference
+        noise = torch.cat(masks, 1).div_(1 - self.drop)  # (B, C, W)
+        return noise.transpose(1, 2).contiguous().to(self.device)
 
     def _chunks(self, idx: torch.Tensor, buf: _Buffers) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(b0, b1, patches of samples idx[b0:b1] as (rows, K)), chunk after chunk."""
@@ -633,9 +632,10 @@ class _STSTNetFolds(_FlatFolds):
         q = torch.empty(B, lay.windows, C, device=self.device)
         r_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
         r_sq = torch.zeros(C, dtype=torch.float64, device=self.device)
+        positive = bool((gamma >= 0).all())
         for b0, b1, patches in self._chunks(idx, buf):
             z = torch.mm(patches, conv, out=buf.z[:len(patches)])  # (rows, C)
-            q[b0:b1] = self._pooled(z.view(b1 - b0, -1, C), gamma)
+            q[b0:b1] = self._pooled(z.view(b1 - b0, -1, C), gamma, positive)
             r = z.relu_()
             r_sum += r.sum(0)
             r_sq += torch.linalg.vecdot(r, r, dim=0)
@@ -708,7 +708,7 @@ class _STSTNetFolds(_FlatFolds):
         for i in range(0, len(idx), 256):
             patches = self.patches[idx[i:i + 256].to(self.device)]
             z = (patches.view(-1, self.K) @ conv).view(-1, n, C)
-            q = self._pooled(z, gamma)
+            q = self._pooled(z, gamma, bool((gamma >= 0).all()))
             scale = gamma / (self.running_var[f] + self.eps).sqrt()
             h = torch.addcmul(beta - self.running_mean[f] * scale, q, scale)
             out.append(torch.addmm(fc_b, h.view(len(q), -1), fc_w).float().cpu())
