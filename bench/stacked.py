@@ -2,7 +2,8 @@
 folds in one call (``merlib.baselines.stacked.train_predict_folds``).
 
     .venv/bin/python bench/stacked.py [--nets ststnet off-apexnet] [--threads 2] [--workers N]
-                                      [--ref-folds 2] [--ref-epochs 2] [--epochs 3] [--seed 0]
+                                      [--ref-threads N] [--ref-folds 2] [--ref-epochs 2]
+                                      [--epochs 3] [--seed 0]
 
 The data: the MEGC 2019 composite's 442 samples with their real subjects (68 LOSO folds:
 CASME II 24 subjects / 145 clips, SAMM 28 / 133, SMIC 16 / 164, from the package's official
@@ -11,7 +12,8 @@ depend on the values). For each net at its reference schedule (STSTNet 800 epoch
 OFF-ApexNet 3000 epochs, batch 64):
 
 - fold by fold: ``--ref-folds`` folds × ``--ref-epochs`` epochs of ``train_predict`` (torch at
-  ``--threads`` intra-op threads), extrapolated to 68 folds × the reference epochs;
+  ``--ref-threads`` intra-op threads, default ``--threads``), extrapolated to 68 folds × the
+  reference epochs;
 - stacked: ``train_predict_folds`` on all 68 folds for 1 and for 1 + ``--epochs`` epochs
   (``--workers`` threads, default ``--threads``); the difference gives the time per epoch, the
   1-epoch run the setup; projected total = setup + reference epochs × per epoch.
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", default=["ststnet", "off-apexnet"], choices=list(bl.TRAINING))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--ref-threads", type=int, default=None,
+                    help="torch threads for the fold-by-fold runs (default --threads)")
     ap.add_argument("--ref-folds", type=int, default=2)
     ap.add_argument("--ref-epochs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
@@ -79,6 +83,7 @@ def main() -> None:
         print(f"\n{name}: {len(folds)} folds, training sets {min(sizes)}-{max(sizes)} samples, "
               f"reference {schedule['epochs']} epochs, batch {schedule['batch_size']}, lr {schedule['lr']}")
 
+        torch.set_num_threads(args.threads if args.ref_threads is None else args.ref_threads)
         t0 = time.perf_counter()
         for (tr, te), s in list(zip(folds, seeds))[:args.ref_folds]:
             train_predict(make_net, X[tr], y[tr], X[te], epochs=args.ref_epochs, seed=s, **kw)
@@ -87,6 +92,7 @@ def main() -> None:
         print(f"  fold by fold: {per_fold_epoch * 1e3:.1f} ms per fold-epoch "
               f"({args.ref_folds} folds × {args.ref_epochs} epochs, {torch.get_num_threads()} threads) "
               f"-> {len(folds)} folds × {schedule['epochs']} epochs: {fmt(ref_total)}   [{load()}]")
+        torch.set_num_threads(args.threads)
 
         t0 = time.perf_counter()
         train_predict_folds(name, X, y, folds, epochs=1, seeds=seeds, workers=workers, **kw)
