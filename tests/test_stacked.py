@@ -133,6 +133,23 @@ def test_every_epochs_record_is_that_epochs_model_and_leaves_training_alone():
         assert _max_diff(ref, [p[epochs - 1] for p in got.per_epoch]) < TOL
 
 
+@pytest.mark.parametrize("name", list(NETS))
+def test_per_fold_labels(name):
+    """y (folds, N): fold f trains on y[f] (the LOSO runner's shuffled-label check)."""
+    cls, chans = NETS[name]
+    X, y, folds = _problem(chans)
+    rng = np.random.default_rng(1)
+    ys = np.stack([rng.permutation(y) for _ in folds])
+    seeds = [3, 4, 5, 6]
+    kw = dict(epochs=2, lr=1e-4, batch_size=15)
+    ref = [train_predict(cls, X[tr], yf[tr], X[te], seed=s, **kw)
+           for (tr, te), yf, s in zip(folds, ys, seeds)]
+    got = train_predict_folds(cls, X, ys, folds, seeds=seeds, **kw)
+    assert _max_diff(ref, got.proba) < TOL
+    with pytest.raises(ValueError, match="folds, N"):
+        train_predict_folds(cls, X, ys[:2], folds, seeds=seeds, **kw)
+
+
 def test_dropout_is_per_fold_seeded_and_independent():
     """Fold masks come from the fold's seed alone: two folds with the same data and seed agree
     bit for bit, a different seed differs, and other folds do not disturb a fold."""

@@ -93,10 +93,11 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
     """Train one fresh net per fold on X[train_idx] and predict X[test_idx], all folds in one call.
 
     ``name_or_factory``: a net baseline's name (``"ststnet"``, ``"off-apexnet"``: the nets of
-    ``merlib.baselines.NET_KWARGS``) or a ``make_net`` callable. X (N, C, H, W) float, y (N,) int
-    label ids, ``folds`` a list of (train_idx, test_idx) index arrays into X, ``seeds[f]`` fold f's
-    seed. Fold f equals ``train_predict(make_net, X[tr], y[tr], X[te], seed=seeds[f], ...)``
-    (module docstring). The caller's global RNG state is left as it was.
+    ``merlib.baselines.NET_KWARGS``) or a ``make_net`` callable. X (N, C, H, W) float; y (N,) int
+    label ids, or (folds, N) when folds train on different labels (fold f reads y[f], e.g.
+    shuffled training labels); ``folds`` a list of (train_idx, test_idx) index arrays into X;
+    ``seeds[f]`` fold f's seed. Fold f equals ``train_predict(make_net, X[tr], y[tr], X[te],
+    seed=seeds[f], ...)`` (module docstring). The caller's global RNG state is left as it was.
 
     STSTNet and OFF-ApexNet run their own paths on ``workers`` threads (None:
     ``torch.get_num_threads()``), each thread training whole folds with single-threaded kernels
@@ -113,8 +114,11 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
                          f"for {len(folds)} folds")
     X = np.asarray(X)
     y = np.asarray(y)
-    if len(X) != len(y):
-        raise ValueError(f"X {X.shape} and y {y.shape} must be of one length")
+    if y.ndim == 1:
+        y = y[None]
+    if y.ndim != 2 or y.shape[1] != len(X) or len(y) not in (1, len(folds)):
+        raise ValueError(f"y {y.shape} must be (N,) or (folds, N) for X {X.shape} and "
+                         f"{len(folds)} folds")
     folds = [(np.asarray(tr, dtype=np.int64).reshape(-1), np.asarray(te, dtype=np.int64).reshape(-1))
              for tr, te in folds]
     for f, (tr, te) in enumerate(folds):
@@ -125,7 +129,7 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
     dev = resolve_device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     x_all = torch.tensor(X, dtype=torch.float32)  # copies: the caller's arrays may be read-only
-    y_all = torch.tensor(y, dtype=torch.long)
+    y_all = torch.tensor(y, dtype=torch.long)  # (1 or folds, N)
     n_folds = len(folds)
 
     threads = torch.get_num_threads()
@@ -391,7 +395,7 @@ class _ModuleFolds(_Trainer):
         net.train()
         with torch.enable_grad(), self._fold_rng(f):
             opt.zero_grad(set_to_none=True)
-            self.loss(net(self.x[idx]), self.y[idx]).backward()
+            self.loss(net(self.x[idx]), self.y[f % len(self.y)][idx]).backward()
         opt.step()
 
     def predict(self, f: int, idx: torch.Tensor) -> np.ndarray:
@@ -656,7 +660,7 @@ class _STSTNetFolds(_FlatFolds):
 
         # backward: cross-entropy (mean over the batch) through the FC (and the average pool)
         dlogits = torch.softmax(logits, 1)
-        dlogits[torch.arange(B, device=self.device), self.y[idx]] -= 1
+        dlogits[torch.arange(B, device=self.device), self.y[f % len(self.y)][idx]] -= 1
         dlogits /= B
         d_fc_w = dlogits.t() @ h.view(B, -1)  # (classes, W·C)
         d_fc_b = dlogits.sum(0)
@@ -788,7 +792,7 @@ class _OFFApexNetFolds(_FlatFolds):
         leaves = {name: self._param(row, name).detach().requires_grad_() for name in self.shapes}
         idx = idx.to(self.device)
         with torch.enable_grad():
-            loss = F.cross_entropy(self._logits(leaves, self.x[idx], f), self.y[idx])
+            loss = F.cross_entropy(self._logits(leaves, self.x[idx], f), self.y[f % len(self.y)][idx])
             grads = torch.autograd.grad(loss, list(leaves.values()))
         self.adam[f].step(list(grads))
 
