@@ -141,7 +141,7 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
             if trainer is None:
                 if y.size and (int(y.min()) < 0 or int(y.max()) >= net.num_classes):
                     raise ValueError(f"labels must be in [0, {net.num_classes}), got "
-                                     f"{sorted(set(y.tolist()))}")
+                                     f"{np.unique(y).tolist()}")
                 kinds = [_STSTNetFolds, _OFFApexNetFolds] if fast else []
                 kind = next((k for k in kinds if k.supports(net, x_all)), _ModuleFolds)
                 trainer = kind(net, x_all, y_all, n_folds, lr=lr, device=dev)
@@ -363,7 +363,7 @@ class _ModuleFolds(_Trainer):
         self.opts: dict[int, torch.optim.Adam] = {}
         self.rng: list[torch.Tensor | None] = [None] * n_folds
         self.cuda_rng: list[torch.Tensor | None] = [None] * n_folds
-        self.x, self.y = x.to(device), y.to(device)
+        self.x, self.y = x.to(device), y.to(device).view(-1, len(x))  # y: (1 or folds, N)
         self.loss = nn.CrossEntropyLoss()
 
     def add_fold(self, f: int, net: nn.Module, rng_state: torch.Tensor,
@@ -527,7 +527,7 @@ class _STSTNetFolds(_FlatFolds):
         cols = torch.cat([cols.transpose(1, 2), torch.ones(len(x), cols.shape[2], 1)], 2)
         cols = torch.cat([cols, torch.zeros(len(x), 1, self.K)], 1)  # row -1: the padding slot
         self.patches = cols[:, self.layout.positions].contiguous().to(device)  # (N, n, K)
-        self.y = y.to(device)
+        self.y = y.to(device).view(-1, len(x))  # (1 or folds, N)
         self.chunk = 16  # samples per pass over full-size tensors
         self.pad_slots = (self.layout.positions[:self.layout.pool_rows] < 0).view(
             1, self.layout.slots, self.layout.windows, 1).to(device)
@@ -769,7 +769,7 @@ class _OFFApexNetFolds(_FlatFolds):
         layers = list(template.pre_logits)
         self.hidden = [(f"pre_logits.{i}", float(layers[i + 2].p)) for i in range(0, len(layers), 3)]
         self.x = x.to(device)
-        self.y = y.to(device)
+        self.y = y.to(device).view(-1, len(x))  # (1 or folds, N)
 
     def _logits(self, w: dict[str, torch.Tensor], x: torch.Tensor, f: int | None) -> torch.Tensor:
         """Logits (B, classes) from parameters ``w`` (name -> tensor); dropout drawn from fold
