@@ -680,6 +680,7 @@ class _STSTNetFolds(_FlatFolds):
         k2 = alpha * mean_gx * invstd
         routed = dh.mul_(alpha.float())  # alpha·G, to each window's max
         q_max = torch.where(q > 0, q, math.nan)  # NaN matches nothing: see below
+        n_positive = torch.count_nonzero(q_max.view(B, -1) > 0, dim=1).cumsum(0).tolist()
         neg_k1, neg_k2 = (-k1).float(), (-k2).float()
 
         # dW = Σ dz·patch, chunk by chunk; z is recomputed (cheaper than keeping it in memory).
@@ -693,7 +694,7 @@ class _STSTNetFolds(_FlatFolds):
             # meets 1[z > 0] = 0 anyway.
             r9 = r.view(b1 - b0, -1, C)[:, :lay.pool_rows].view(b1 - b0, lay.slots, lay.windows, C)
             at_max = torch.eq(r9, q_max[b0:b1].unsqueeze(1), out=buf.at_max[:b1 - b0])
-            if at_max.sum() != torch.count_nonzero(q_max[b0:b1] > 0):
+            if at_max.sum().item() != n_positive[b1 - 1] - (n_positive[b0 - 1] if b0 else 0):
                 # A tie at a positive max: PyTorch's max-pool takes the first slot only.
                 at_max.mul_(at_max.cumsum(1) == 1)
             dz9 = dz.view(b1 - b0, -1, C)[:, :lay.pool_rows].view(b1 - b0, lay.slots, lay.windows, C)
