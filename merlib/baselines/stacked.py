@@ -584,7 +584,8 @@ class _STSTNetFolds(_FlatFolds):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor, positive: bool) -> torch.Tensor:
+    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor, positive: bool,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         """relu(z) max-pooled through BN's sign: (B, W, C) from z (B, n, C). BN's scale has
         gamma's sign; where it is negative, BN(max-pool) is the min of r, padding excluded.
         ``positive``: no gamma is negative."""
@@ -592,10 +593,10 @@ class _STSTNetFolds(_FlatFolds):
         z9 = z[:, :lay.pool_rows].view(z.shape[0], lay.slots, lay.windows, self.C)
         if positive:
             # Padding slots hold z = 0, harmless here: relu(max(z, 0)) = relu(max z).
-            return z9.amax(1).relu_()
+            return torch.amax(z9, 1, out=out).relu_()
         sign = torch.where(gamma < 0, -1.0, 1.0)
         signed = (z9 * sign).masked_fill_(self.pad_slots, -math.inf)
-        return (signed.amax(1) * sign).relu_()
+        return torch.mul(signed.amax(1), sign, out=out).relu_()
 
     def _pooled_noise(self, f: int, batch: int) -> torch.Tensor:
         """Fold f's dropout multipliers for one training forward, (B, W, C): per branch, in
@@ -639,7 +640,7 @@ class _STSTNetFolds(_FlatFolds):
         positive = bool((gamma >= 0).all())
         for b0, b1, patches in self._chunks(idx, buf):
             z = torch.mm(patches, conv, out=buf.z[:len(patches)])  # (rows, C)
-            q[b0:b1] = self._pooled(z.view(b1 - b0, -1, C), gamma, positive)
+            self._pooled(z.view(b1 - b0, -1, C), gamma, positive, out=q[b0:b1])
             r = z.relu_()
             r_sum += r.sum(0)
             r_sq += torch.linalg.vecdot(r, r, dim=0)
