@@ -104,8 +104,6 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
     (torch's intra-op threads are 1 during the call, then restored), so the result does not depend
     on the worker count. Other nets, or ``fast=False``, run the generic path: one thread, torch's
     own thread setting."""
-    from tqdm.auto import tqdm
-
     make_net = net_factory(name_or_factory) if isinstance(name_or_factory, str) else name_or_factory
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
@@ -130,68 +128,85 @@ def train_predict_folds(name_or_factory: str | Callable[[], nn.Module], X: np.nd
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     x_all = torch.tensor(X, dtype=torch.float32)  # copies: the caller's arrays may be read-only
     y_all = torch.tensor(y, dtype=torch.long)  # (1 or folds, N)
-    n_folds = len(folds)
 
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        trainer: _Trainer | None = None
-        for f, seed in enumerate(seeds):
-            torch.manual_seed(int(seed))  # as train_predict: the fold's seed, then make_net()
-            net = make_net()
-            if trainer is None:
-                if y.size and (int(y.min()) < 0 or int(y.max()) >= net.num_classes):
-                    raise ValueError(f"labels must be in [0, {net.num_classes}), got "
-                                     f"{np.unique(y).tolist()}")
-                kinds = [_STSTNetFolds, _OFFApexNetFolds] if fast else []
-                kind = next((k for k in kinds if k.supports(net, x_all)), _ModuleFolds)
-                trainer = kind(net, x_all, y_all, n_folds, lr=lr, device=dev)
-            trainer.add_fold(f, net, torch.get_rng_state(), torch.cuda.get_rng_state(dev) if cuda else None)
-            del net
-        num_classes = trainer.num_classes
-
-        train_idx = [torch.as_tensor(tr) for tr, _ in folds]
-        test_idx = [torch.as_tensor(te) for _, te in folds]
-        per_epoch = [np.zeros((epochs, len(te), num_classes)) for te in test_idx] if record_epochs else None
-        proba: list[np.ndarray] = [np.empty(0)] * n_folds
-        bar = tqdm(total=epochs * n_folds, desc="folds", unit="fold-epoch", disable=not progress,
-                   leave=False)
-
-        def run(fold_ids: list[int]) -> None:
-            # Fold after fold, as the reference: folds are independent, so the order changes no
-            # bit, and only one fold's optimiser state is alive per worker.
-            with torch.no_grad():  # grad mode is per thread
-                scratch = trainer.scratch()
-                for f in fold_ids:
-                    trainer.begin(f)
-                    order_rng = torch.Generator().manual_seed(int(seeds[f]))
-                    for epoch in range(epochs):
-                        order = torch.randperm(len(train_idx[f]), generator=order_rng)  # the reference's draw
-                        picked = train_idx[f][order]
-                        for start in range(0, len(picked), batch_size):
-                            trainer.train_step(f, picked[start:start + batch_size], scratch)
-                        if record_epochs:
-                            per_epoch[f][epoch] = trainer.predict(f, test_idx[f])
-                        bar.update(1)
-                    proba[f] = per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, test_idx[f])
-                    trainer.end(f)
-
         try:
-            if not trainer.threadsafe:  # dropout draws from the global generator, swapped per fold
-                run(list(range(n_folds)))
-            else:
-                torch.set_num_threads(1)
-                default = 1 if dev.type == "cuda" else threads
-                n_workers = max(1, min(default if workers is None else workers, n_folds))
-                parts = [list(range(w, n_folds, n_workers)) for w in range(n_workers)]
-                if n_workers == 1:
-                    run(parts[0])
-                else:
-                    with ThreadPoolExecutor(n_workers) as pool:
-                        for done in [pool.submit(run, part) for part in parts]:
-                            done.result()
+            return _run(make_net, x_all, y_all, folds, seeds, epochs=epochs, lr=lr,
+                        batch_size=batch_size, device=dev, record_epochs=record_epochs,
+                        progress=progress, workers=workers, fast=fast)
         finally:
             torch.set_num_threads(threads)
-            bar.close()
+
+
+def _run(make_net: Callable[[], nn.Module], x_all: torch.Tensor, y_all: torch.Tensor,
+         folds: list[tuple[np.ndarray, np.ndarray]], seeds: Sequence[int], *, epochs: int,
+         lr: float, batch_size: int, device: torch.device, record_epochs: bool, progress: bool,
+         workers: int | None, fast: bool) -> FoldPredictions:
+    """``train_predict_folds`` after its checks, inside its RNG fork; may change torch's
+    intra-op threads (the caller restores them)."""
+    from tqdm.auto import tqdm
+
+    n_folds, threads = len(folds), torch.get_num_threads()
+    cuda = device.type == "cuda"
+    trainer: _Trainer | None = None
+    for f, seed in enumerate(seeds):
+        torch.manual_seed(int(seed))  # as train_predict: the fold's seed, then make_net()
+        net = make_net()
+        if trainer is None:
+            if int(y_all.min()) < 0 or int(y_all.max()) >= net.num_classes:
+                raise ValueError(f"labels must be in [0, {net.num_classes}), got "
+                                 f"{torch.unique(y_all).tolist()}")
+            kinds = [_STSTNetFolds, _OFFApexNetFolds] if fast else []
+            kind = next((k for k in kinds if k.supports(net, x_all)), _ModuleFolds)
+            if kind.threadsafe:
+                # From here on single-threaded kernels: in worker threads, one per core (an
+                # intra-op pool on a busy machine stalls), and identical bits whatever the
+                # worker count. Initial weights do not depend on threads (serial RNG kernels).
+                torch.set_num_threads(1)
+            trainer = kind(net, x_all, y_all, n_folds, lr=lr, device=device)
+        trainer.add_fold(f, net, torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+        del net
+    num_classes = trainer.num_classes
+
+    train_idx = [torch.as_tensor(tr) for tr, _ in folds]
+    test_idx = [torch.as_tensor(te) for _, te in folds]
+    per_epoch = [np.zeros((epochs, len(te), num_classes)) for te in test_idx] if record_epochs else None
+    proba: list[np.ndarray] = [np.empty(0)] * n_folds
+
+    def run(fold_ids: list[int]) -> None:
+        # Fold after fold, as the reference: folds are independent, so the order changes no
+        # bit, and only one fold's optimiser state is alive per worker.
+        with torch.no_grad():  # grad mode is per thread
+            scratch = trainer.scratch()
+            for f in fold_ids:
+                trainer.begin(f)
+                order_rng = torch.Generator().manual_seed(int(seeds[f]))
+                for epoch in range(epochs):
+                    order = torch.randperm(len(train_idx[f]), generator=order_rng)  # the reference's draw
+                    picked = train_idx[f][order]
+                    for start in range(0, len(picked), batch_size):
+                        trainer.train_step(f, picked[start:start + batch_size], scratch)
+                    if record_epochs:
+                        per_epoch[f][epoch] = trainer.predict(f, test_idx[f])
+                    bar.update(1)
+                proba[f] = per_epoch[f][-1].copy() if record_epochs else trainer.predict(f, test_idx[f])
+                trainer.end(f)
+
+    with tqdm(total=epochs * n_folds, desc="folds", unit="fold-epoch", disable=not progress,
+              leave=False) as bar:
+        if not trainer.threadsafe:  # dropout draws from the global generator, swapped per fold
+            run(list(range(n_folds)))
+        else:
+            default = 1 if cuda else threads
+            n_workers = max(1, min(default if workers is None else workers, n_folds))
+            parts = [list(range(w, n_folds, n_workers)) for w in range(n_workers)]
+            if n_workers == 1:
+                run(parts[0])
+            else:
+                with ThreadPoolExecutor(n_workers) as pool:
+                    for done in [pool.submit(run, part) for part in parts]:
+                        done.result()
     return FoldPredictions(proba, per_epoch)
 
 
