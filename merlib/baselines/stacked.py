@@ -465,7 +465,6 @@ class _Buffers:
         n = layout.positions.numel()
         self.patches = torch.empty(chunk, n, k, device=device)
         self.z = torch.empty(chunk * n, c, device=device)
-        self.mask = torch.empty(chunk * n, c, device=device)
         self.dz = torch.empty(chunk * n, c, device=device)
         # float 0/1, not bool: comparisons and products into float run 4-7× faster
         self.at_max = torch.empty(chunk, layout.slots, layout.windows, c, device=device)
@@ -704,7 +703,7 @@ class _STSTNetFolds(_FlatFolds):
         for b0, b1, patches in self._chunks(idx, buf):
             rows = len(patches)
             r = torch.mm(patches, conv, out=buf.z[:rows]).relu_()
-            dz = torch.mul(torch.sign(r, out=buf.mask[:rows]), neg_k1, out=buf.dz[:rows])  # r >= 0
+            dz = torch.sign(r, out=buf.dz[:rows]).mul_(neg_k1)  # r >= 0: sign(r) = 1[z > 0]
             dz.addcmul_(r, neg_k2)
             # The max's slot, where the max is positive; where it is r = 0, the routed gradient
             # meets 1[z > 0] = 0 anyway.
