@@ -598,14 +598,13 @@ class _STSTNetFolds(_FlatFolds):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor, positive: bool,
+    def _pooled(self, z: torch.Tensor, gamma: torch.Tensor, no_negative_gamma: bool,
                 out: torch.Tensor | None = None) -> torch.Tensor:
         """relu(z) max-pooled through BN's sign: (B, W, C) from z (B, n, C). BN's scale has
-        gamma's sign; where it is negative, BN(max-pool) is the min of r, padding excluded.
-        ``positive``: no gamma is negative."""
+        gamma's sign; where it is negative, BN(max-pool) is the min of r, padding excluded."""
         lay = self.layout
         z9 = z[:, :lay.pool_rows].view(z.shape[0], lay.slots, lay.windows, self.C)
-        if positive:
+        if no_negative_gamma:
             # Padding slots hold z = 0, harmless here: relu(max(z, 0)) = relu(max z).
             return torch.amax(z9, 1, out=out).relu_()
         sign = torch.where(gamma < 0, -1.0, 1.0)
@@ -651,10 +650,10 @@ class _STSTNetFolds(_FlatFolds):
         q = torch.empty(B, lay.windows, C, device=self.device)
         r_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
         r_sq = torch.zeros(C, dtype=torch.float64, device=self.device)
-        positive = bool((gamma >= 0).all())
+        no_negative_gamma = bool((gamma >= 0).all())
         for b0, b1, patches in self._chunks(idx, buf):
             z = torch.mm(patches, conv, out=buf.z[:len(patches)])  # (rows, C)
-            self._pooled(z.view(b1 - b0, -1, C), gamma, positive, out=q[b0:b1])
+            self._pooled(z.view(b1 - b0, -1, C), gamma, no_negative_gamma, out=q[b0:b1])
             r = z.relu_()
             r_sum += r.sum(0)
             r_sq += torch.linalg.vecdot(r, r, dim=0)
@@ -694,8 +693,9 @@ class _STSTNetFolds(_FlatFolds):
         k1 = alpha * (mean_g - mean_gx * invstd * mean)
         k2 = alpha * mean_gx * invstd
         routed = dh.mul_(alpha.float())  # alpha·G, to each window's max
-        q_max = torch.where(q > 0, q, math.nan)  # NaN matches nothing: see below
-        n_positive = torch.count_nonzero(q_max.view(B, -1) > 0, dim=1).cumsum(0).tolist()
+        positive = torch.sign(q)  # q >= 0: 1 where the max is positive, else 0
+        q_max = q / positive  # 0/0 = NaN where it is not: NaN matches nothing (see below)
+        n_positive = torch.count_nonzero(positive.view(B, -1), dim=1).cumsum(0).tolist()
         neg_k1, neg_k2 = (-k1).float(), (-k2).float()
 
         # dW = Σ dz·patch, chunk by chunk; z is recomputed (cheaper than keeping it in memory).
