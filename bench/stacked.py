@@ -26,6 +26,7 @@ printed too.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -36,6 +37,7 @@ import merlib.baselines as bl
 from merlib.baselines.stacked import train_predict_folds
 from merlib.baselines.training import train_predict
 from merlib.datasets.megc import megc_list
+from merlib.registry import BASELINES
 
 
 def composite(chans: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -59,7 +61,8 @@ def fmt(seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nets", nargs="+", default=["ststnet", "off-apexnet"], choices=list(bl.TRAINING))
+    ap.add_argument("--nets", nargs="+", default=["ststnet", "off-apexnet"],
+                    choices=[n for n, b in BASELINES.items() if b.net])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--ref-threads", type=int, default=None,
@@ -75,11 +78,11 @@ def main() -> None:
           f"stacked workers = {workers}, {os.cpu_count()} CPUs; {load()}")
 
     for name in args.nets:
-        schedule = bl.TRAINING[name]
+        schedule = BASELINES[name].schedule
         chans = len(bl.CHANNELS[name])
         X, y, folds = composite(chans, args.seed)
         seeds = list(range(len(folds)))
-        make_net = lambda: bl.NET_CLASS[name](**bl.NET_KWARGS[name])  # noqa: E731
+        make_net = functools.partial(bl.make_net, name)
         kw = dict(lr=schedule["lr"], batch_size=schedule["batch_size"])
         sizes = [len(tr) for tr, _ in folds]
         print(f"\n{name}: {len(folds)} folds, training sets {min(sizes)}-{max(sizes)} samples, "

@@ -54,6 +54,7 @@ class Context(Protocol):
 
     meta: pd.DataFrame
     labels: np.ndarray
+    at_once: bool  # trains several folds in one call: fit_predict_many(labels, folds, seeds)
 
     def __len__(self) -> int: ...
     def config_entry(self) -> dict: ...
@@ -189,10 +190,38 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *, context: Cont
     done = out / "predictions.csv"
     if done.exists():
         return {"fold": fold, "subject": subject, "state": "skipped", "seconds": 0.0}
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     probs, record = ctx.fit_predict(fold_labels(ctx.labels, train_idx, cfg, fold), train_idx,
                                     test_idx, seed=cfg.seed + fold, progress=progress)
+    return write_fold(config, ctx, fold, out, train_idx, test_idx, probs, record, time.time() - t0)
+
+
+def run_folds_at_once(config: RunConfig, ctx: Context, todo: list[int], run_dir: Path, *,
+                      progress: bool = False) -> None:
+    """Folds ``todo`` of a context that trains several at once (``at_once``: a flow
+    net), a core's worth at a time so that an interrupted run keeps what finished; each fold's
+    files as :func:`run_fold` writes them, and the same predictions."""
+    folds, cfg = plan_folds(ctx), config.train
+    chunk = max(1, torch.get_num_threads())
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        t0 = time.time()
+        results = ctx.fit_predict_many([fold_labels(ctx.labels, folds[f][0], cfg, f) for f in part],
+                                       [folds[f] for f in part], [cfg.seed + f for f in part],
+                                       progress=progress)
+        seconds = (time.time() - t0) / len(part)
+        for f, (probs, record) in zip(part, results):
+            tr, te = folds[f]
+            write_fold(config, ctx, f, fold_dir(run_dir, ctx, f, te), tr, te, probs, record, seconds)
+
+
+def write_fold(config: RunConfig, ctx: Context, fold: int, out: Path, train_idx: np.ndarray,
+               test_idx: np.ndarray, probs: np.ndarray, record: dict, seconds: float) -> dict:
+    """A trained fold's files: per-epoch probabilities, checkpoint, fold.json, and last,
+    atomically, predictions.csv (its presence marks the fold finished)."""
+    cfg = config.train
+    subject = ctx.meta["subject"].iloc[test_idx[0]]
+    out.mkdir(parents=True, exist_ok=True)
     pred = ctx.meta.iloc[test_idx].reset_index(drop=True).copy()
     pred["fold"] = fold
     pred["y_true"] = ctx.labels[test_idx]
@@ -213,11 +242,11 @@ def run_fold(config: RunConfig, fold: int, run_dir: str | Path, *, context: Cont
         with atomic_path(out / "checkpoint.pt") as tmp:
             torch.save({"model": state, "fold": fold, "subject": subject, "epochs": cfg.epochs,
                         "losses": record["losses"]}, tmp)
-    seconds = round(time.time() - t0, 2)
+    seconds = round(seconds, 2)
     atomic_write_text(out / "fold.json", json.dumps(
         {"fold": fold, "subject": subject, "n_train": len(train_idx), "n_test": len(test_idx),
          **record, "checkpoint": state is not None, "seconds": seconds}, indent=2))
-    atomic_write_text(done, pred.to_csv(index=False))  # last: its presence marks the fold finished
+    atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))  # last: marks it finished
     return {"fold": fold, "subject": subject, "state": "done", "seconds": seconds}
 
 
@@ -252,7 +281,9 @@ def run_loso(source: ClipSet | Context, config: RunConfig, out_dir: str | Path, 
          "folds": [{"fold": i, "subject": d.name.split("_", 1)[1], "n_test": len(te)}
                    for i, ((_, te), d) in enumerate(zip(folds, dirs))]}, indent=2) + "\n")
     todo = [i for i, d in enumerate(dirs) if not (d / "predictions.csv").exists()]
-    if config.executor.kind == "local":
+    if config.executor.kind == "local" and ctx.at_once and len(todo) > 1:
+        run_folds_at_once(config, ctx, todo, out_dir, progress=progress)
+    elif config.executor.kind == "local":
         for fold in tqdm(todo, desc=f"LOSO {config.run_name()}", disable=not progress or not todo):
             run_fold(config, fold, out_dir, context=ctx)
     elif todo:  # folds as tasks on another engine; each worker builds its own context from the plan

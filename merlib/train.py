@@ -197,6 +197,7 @@ class ModelContext:
     device: torch.device
     weights_tag: str
     cfg: TrainConfig
+    at_once = False  # one fold per fit_predict call (the model is too large to hold one per fold)
 
     @property
     def meta(self) -> pd.DataFrame:

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import merlib.baselines as bl
-from merlib.baselines.stacked import _Adam, train_predict_folds
+from merlib.baselines.nets import OFFApexNet, STSTNet
+from merlib.baselines.stacked import train_predict_folds
+from merlib.baselines.stacked.common import _Adam
 from merlib.baselines.training import train_predict
 
 TOL = 1e-4
@@ -43,7 +45,7 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.abs(x - z).max()) for x, z in zip(a, b))
 
 
-NETS = {"ststnet": (bl.STSTNet, 3), "off-apexnet": (bl.OFFApexNet, 2)}
+NETS = {"ststnet": (STSTNet, 3), "off-apexnet": (OFFApexNet, 2)}
 
 
 @pytest.mark.parametrize("name, drop_rate, lr", [
@@ -76,7 +78,8 @@ def test_stacked_equals_fold_by_fold(name, drop_rate, lr):
 def test_one_step_gradient_is_the_modules(name):
     """The hand-written STSTNet backward and the functional OFF-ApexNet give the module's
     autograd gradient, dropout on (the same masks), in parameters() order."""
-    from merlib.baselines.stacked import _OFFApexNetFolds, _STSTNetFolds
+    from merlib.baselines.stacked.offapexnet import _OFFApexNetFolds
+    from merlib.baselines.stacked.ststnet import _STSTNetFolds
 
     cls, chans = NETS[name]
     kind = {"ststnet": _STSTNetFolds, "off-apexnet": _OFFApexNetFolds}[name]
@@ -103,13 +106,14 @@ def test_one_step_gradient_is_the_modules(name):
 
 
 def test_stacked_ststnet_path_is_the_hand_written_one_and_by_name():
-    from merlib.baselines.stacked import _OFFApexNetFolds, _STSTNetFolds
+    from merlib.baselines.stacked.offapexnet import _OFFApexNetFolds
+    from merlib.baselines.stacked.ststnet import _STSTNetFolds
 
     X, y, folds = _problem(3)
-    assert _STSTNetFolds.supports(bl.STSTNet(), torch.as_tensor(X))
-    assert not _STSTNetFolds.supports(bl.OFFApexNet(), torch.as_tensor(X[:, :2]))
-    assert _OFFApexNetFolds.supports(bl.OFFApexNet(), torch.as_tensor(X[:, :2]))
-    assert not _OFFApexNetFolds.supports(bl.STSTNet(), torch.as_tensor(X))
+    assert _STSTNetFolds.supports(STSTNet(), torch.as_tensor(X))
+    assert not _STSTNetFolds.supports(OFFApexNet(), torch.as_tensor(X[:, :2]))
+    assert _OFFApexNetFolds.supports(OFFApexNet(), torch.as_tensor(X[:, :2]))
+    assert not _OFFApexNetFolds.supports(STSTNet(), torch.as_tensor(X))
     seeds = [0, 1, 2, 3]
     kw = dict(epochs=2, lr=5e-5, batch_size=256)
     by_name = train_predict_folds("ststnet", X, y, folds, seeds=seeds, **kw)
@@ -129,7 +133,7 @@ def test_every_epochs_record_is_that_epochs_model_and_leaves_training_alone():
         np.testing.assert_array_equal(got.per_epoch[f][-1], got.proba[f])
         np.testing.assert_array_equal(got.proba[f], plain.proba[f])
     for epochs in (1, 2):
-        ref = _reference(bl.STSTNet, X, y, folds, seeds, epochs=epochs, **kw)
+        ref = _reference(STSTNet, X, y, folds, seeds, epochs=epochs, **kw)
         assert _max_diff(ref, [p[epochs - 1] for p in got.per_epoch]) < TOL
 
 
@@ -163,7 +167,7 @@ def test_dropout_is_per_fold_seeded_and_independent():
     alone = train_predict_folds("ststnet", X, y, [(tr, te)], seeds=[5], **kw).proba
     np.testing.assert_array_equal(alone[0], a[0])
     # Dropout does act: without it the same seed gives other probabilities.
-    no_drop = train_predict_folds(lambda: bl.STSTNet(drop_rate=0.0), X, y, [(tr, te)], seeds=[5], **kw)
+    no_drop = train_predict_folds(lambda: STSTNet(drop_rate=0.0), X, y, [(tr, te)], seeds=[5], **kw)
     assert not np.allclose(no_drop.proba[0], a[0], atol=1e-3)
 
 
@@ -195,14 +199,14 @@ def test_ties_at_the_pool_max_and_negative_bn_scales_match_the_reference():
     X = np.repeat(np.repeat(blocks, 7, axis=2), 7, axis=3)
 
     def flipped():
-        net = bl.STSTNet()
+        net = STSTNet()
         with torch.no_grad():  # no RNG drawn: the initial weights stay the seed's
             net.branches[1][2].weight[1:4].neg_()
         return net
 
     seeds = [1, 2, 3, 4]
     kw = dict(epochs=3, lr=1e-3, batch_size=15)
-    for make_net in (bl.STSTNet, flipped):
+    for make_net in (STSTNet, flipped):
         ref = _reference(make_net, X, y, folds, seeds, **kw)
         got = train_predict_folds(make_net, X, y, folds, seeds=seeds, **kw)
         assert _max_diff(ref, got.proba) < TOL
@@ -235,7 +239,7 @@ def test_bad_arguments_are_refused():
     X, y, folds = _problem(3)
     with pytest.raises(ValueError, match="one seed per fold"):
         train_predict_folds("ststnet", X, y, folds, seeds=[1], epochs=1, lr=1e-3, batch_size=8)
-    with pytest.raises(ValueError, match="unknown net"):
+    with pytest.raises(ValueError, match="not a network"):
         train_predict_folds("lbptop-svm", X, y, folds, seeds=[1] * 4, epochs=1, lr=1e-3, batch_size=8)
     with pytest.raises(ValueError, match="labels"):
         train_predict_folds("ststnet", X, y + 3, folds, seeds=[1] * 4, epochs=1, lr=1e-3, batch_size=8)

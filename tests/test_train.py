@@ -330,6 +330,32 @@ def test_a_baseline_runs_the_same_loso_and_writes_the_same_files(net, shape, tmp
     pd.testing.assert_frame_equal(again, pred)
 
 
+def test_a_flow_nets_folds_trained_at_once_equal_each_fold_trained_alone(tmp_path):
+    """run_loso trains a network baseline's folds together (merlib.baselines.stacked); a fold
+    rerun alone, as a dask or SLURM task runs it, writes the same bytes, and every fold keeps
+    its epochs' held-out probabilities for the oracle diagnostic."""
+    from merlib.baselines.context import BaselineContext
+    from merlib.loso import EPOCHS_FILE, run_fold
+    rng = np.random.default_rng(1)
+    n = 15
+    labels = np.arange(n) % 3
+    meta = pd.DataFrame({"dataset": "synthme", "source": "casme2",
+                         "subject": [f"s{i // 3}" for i in range(n)], "clip": [f"c{i}" for i in range(n)]})
+    X = rng.normal(size=(n, 3, 28, 28)).astype(np.float32)
+    cfg = RunConfig(train=dataclasses.replace(_train(), net="ststnet", baseline_epochs=3))
+    ctx = BaselineContext("ststnet", X, meta, labels, pd.DataFrame(), torch.device("cpu"), tmp_path,
+                          cfg.train)
+    run_loso(ctx, cfg, tmp_path / "together", progress=False)
+    for fold in range(5):
+        run_fold(cfg, fold, tmp_path / "alone", context=ctx)
+    together = sorted((tmp_path / "together" / "folds").iterdir())
+    alone = sorted((tmp_path / "alone" / "folds").iterdir())
+    assert [d.name for d in together] == [d.name for d in alone] and len(together) == 5
+    for a, b in zip(together, alone):
+        assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+        assert np.load(a / EPOCHS_FILE)["probs"].shape == (3, 3, 3)  # epochs, held-out clips, classes
+
+
 def test_a_corrupt_preprocessed_clip_is_named_before_training(tmp_path):
     from merlib.clips import load_clipset
     good = tmp_path / "good.npz"

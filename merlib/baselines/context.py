@@ -10,10 +10,11 @@ import pandas as pd
 import torch
 
 from merlib.baselines import build_features, epochs_for, fit_predict, hyperparameters
+from merlib.baselines.stacked import train_predict_folds
 from merlib.clips import META_COLUMNS
 from merlib.config import RunConfig, TrainConfig
 from merlib.devices import resolve_device
-from merlib.registry import DATASETS, label_ids
+from merlib.registry import DATASETS, baseline, label_ids
 
 
 @dataclass
@@ -46,11 +47,31 @@ class BaselineContext:
 
     def fit_predict(self, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, *,
                     seed: int, progress: bool = False) -> tuple[np.ndarray, dict]:
+        if self.at_once:
+            return self.fit_predict_many([labels], [(train_idx, test_idx)], [seed], progress=progress)[0]
         groups = self.meta["subject"].to_numpy()
         probs = fit_predict(self.name, self.X[train_idx], labels[train_idx], groups[train_idx],
-                            self.X[test_idx], seed=seed, device=self.device.type,
-                            epochs=epochs_for(self.name, self.cfg.profile, self.cfg.baseline_epochs))
+                            self.X[test_idx], seed=seed, device=self.device.type)
         return probs, {"net": self.name}
+
+    @property
+    def at_once(self) -> bool:
+        """A network trains several folds in one call (:meth:`fit_predict_many`)."""
+        return bool(baseline(self.name).net)
+
+    def fit_predict_many(self, labels: list[np.ndarray], folds: list[tuple[np.ndarray, np.ndarray]],
+                         seeds: list[int], *, progress: bool = False) -> list[tuple[np.ndarray, dict]]:
+        """A network's folds in one call (``merlib.baselines.stacked``: fold after fold on one
+        thread per core; a fold's result does not depend on which folds share the call), each
+        with every epoch's held-out probabilities for the oracle diagnostic."""
+        entry = baseline(self.name)
+        epochs = epochs_for(self.name, self.cfg.profile, self.cfg.baseline_epochs)
+        out = train_predict_folds(self.name, self.X, np.stack(labels), folds, epochs=epochs,
+                                  lr=entry.schedule["lr"], batch_size=entry.schedule["batch_size"],
+                                  seeds=seeds, device=self.device.type, record_epochs=True,
+                                  progress=progress)
+        return [(p, {"net": self.name, "epochs": epochs, "epoch_probs": e})
+                for p, e in zip(out.proba, out.per_epoch)]
 
 
 def build_context(manifest: pd.DataFrame, config: RunConfig, *, features_dir: Path,
