@@ -181,7 +181,11 @@ def test_megc_layout_is_read_by_all_four_loaders(tiny_megc):
     assert not (subjects["casme2"] & subjects["samm"] or subjects["samm"] & subjects["smic"]
                 or subjects["casme2"] & subjects["smic"])
     assert S.is_complete(root, layout="megc", preset=TINY_MEGC, seed=0)
+    # calibration reads it too, 'others' included (the composite's list leaves them out)
     assert C.identity_check(root)["n_subjects"] == 6
+    assert len(C.amplitude_check(root)["per_clip"]) == len(gt) == 12 + 2
+    x, rows = C.difference_features(root)
+    assert len(x) == len(rows) == 12 and set(rows["subject"]) == set(megc["subject"])
 
 
 def test_megc_reads_the_packaged_list_unless_the_root_has_its_own(tiny_megc, tmp_path):
@@ -418,10 +422,13 @@ def test_megc_preset_has_at_least_eight_people_per_source_and_real_balances():
     p = S.get_preset("megc")
     sources = p.sources("megc")
     assert [sc.layout for sc in sources] == ["casme2", "samm", "smic"]
-    assert all(sc.n_subjects >= 8 for sc in sources) and p.total_subjects("megc") <= 42
+    assert all(sc.n_subjects >= 8 for sc in sources) and sum(sc.n_subjects for sc in sources) <= 42
     assert sources[2].n_others == 0  # SMIC has no 'others'
     plans = S.plan_dataset("megc", p, 0)
-    assert len({pl.subject_index for pl in plans}) == p.total_subjects("megc")
+    assert len({pl.subject_index for pl in plans}) == sum(sc.n_subjects for sc in sources)
+    # a single source of the megc preset is exactly its part of the composite
+    for source in ("casme2", "samm", "smic"):
+        assert S.plan_dataset(source, p, 0) == [pl for pl in plans if pl.source == source]
     for sc in sources:  # negative the largest class everywhere, as in the real composite
         neg, pos, sur = sc.class_counts
         assert neg > pos >= sur

@@ -27,17 +27,23 @@ import pandas as pd
 
 from merlib.datasets import build_index, read_frames
 from merlib.datasets.schema import CLASSES
+from merlib.synth.plan import SOURCES
 from merlib.faces import face_boxes
 from merlib.synth.faces import FACE_SCALE
 from merlib.synth.write import MARKER, load_groundtruth
 
 
 def _clips(root: Path) -> pd.DataFrame:
-    """Ground-truth table joined with the index of the dataset's own layout (frames_dir)."""
+    """Ground-truth table joined with the index of the dataset's own layout (frames_dir); for the
+    megc layout, with its three sources' indexes."""
     root = Path(root)
     layout = json.loads((root / MARKER).read_text())["layout"]
     gt = load_groundtruth(root)
-    index = build_index(layout, root)[["subject", "clip", "status", "frames_dir"]]
+    # the composite's list leaves out the 'others' clips; each source's own index has them all
+    # (subject ids differ between sources, so (subject, clip) stays a key)
+    loaders = SOURCES if layout == "megc" else (layout,)
+    index = pd.concat([build_index(name, root) for name in loaders], ignore_index=True)
+    index = index[["subject", "clip", "status", "frames_dir"]]
     merged = gt.merge(index, on=["subject", "clip"], how="left", validate="one_to_one")
     missing = merged["frames_dir"].isna()
     if missing.any():

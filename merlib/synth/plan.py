@@ -92,7 +92,9 @@ class SynthPreset:
     # who the subjects are: "bundled" cycles the four faces of base_faces() (two people, works
     # offline); "orl" gives every subject its own person (merlib.synth.faces.people)
     people: str = "bundled"
-    # layout "megc": each source's people and clips; empty means the fields above for each source
+    # layout "megc": each source's people and clips; empty means the fields above for each
+    # source. When given, a single-format layout writes that source's part of the megc dataset
+    # (same people, same clips), and n_subjects, class_counts and n_others go unused
     megc_sources: tuple[SourceCounts, ...] = ()
     # "stereotyped": CLASS_AUS; "overlapping": CLASS_AU_MIX (partial sets, AUs shared by classes)
     au_variants: str = "stereotyped"
@@ -149,8 +151,6 @@ class SynthPreset:
         return tuple(given.get(src, SourceCounts(src, self.n_subjects, self.class_counts,
                                                  self.n_others)) for src in SOURCES)
 
-    def total_subjects(self, layout: str) -> int:
-        return sum(sc.n_subjects for sc in self.sources(layout))
 
 
 # The realism knobs of the presets meant to be trained on (demo, megc); tiny keeps them off.
@@ -180,7 +180,7 @@ PRESETS = {
                         **_HARD),
     # layout "megc": 8 people per source (24 in all), 5-6 clips each, each source with its
     # own class balance from the real composite (CASME II 88/32/25, SAMM 92/26/15, SMIC
-    # 70/51/43, about a quarter of it); a single-format layout takes CASME II's counts.
+    # 70/51/43, about a quarter of it); layout casme2, samm or smic: that source's part of it.
     "megc": SynthPreset(name="megc", n_subjects=8, class_counts=(24, 9, 7), n_others=3,
                         megc_sources=(SourceCounts("casme2", 8, (24, 9, 7), 3),
                                       SourceCounts("samm", 8, (25, 7, 5), 3),
@@ -292,6 +292,10 @@ def plan_dataset(layout: str = "casme2", preset: str | SynthPreset = "tiny",
     if layout not in LAYOUTS:
         raise ValueError(f"unknown SynthME layout {layout!r}; choose one of {LAYOUTS}")
     p = get_preset(preset)
+    if layout != "megc" and p.megc_sources:
+        # a source of a megc preset is its part of the composite: the same people and clips, so
+        # a per-source run and the composite run see the same data
+        return [pl for pl in plan_dataset("megc", p, seed) if pl.source == layout]
     plans: list[ClipPlan] = []
     first_subject = 0
     for k, counts in enumerate(p.sources(layout)):

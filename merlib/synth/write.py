@@ -172,7 +172,9 @@ def check_people(layout: str, preset: SynthPreset) -> None:
         return
     from merlib.synth.faces import people
 
-    have, need = len(people()), preset.total_subjects(layout)
+    # subject indices run on across a megc preset's sources, whichever of them is written
+    need = 1 + max(pl.subject_index for pl in plan_dataset(layout, preset, 0))
+    have = len(people())
     if need > have:
         raise ValueError(f"SynthME {layout}/{preset.name} needs {need} distinct people; there are "
                          f"{have} (the two bundled photographs and the ORL people the face "
