@@ -113,9 +113,9 @@ def photo_problems(lm: np.ndarray, shape: tuple[int, ...]) -> list[str]:
 
 
 def neutral_score(lm: np.ndarray) -> float:
-    """Lower is more neutral and frontal: yaw (in tenths of the eye spacing), roll (in 5 degree
-    steps), mouth opening (in 0.05 eye spacings) and how far the chin runs below the photo would
-    be a poor resting face for an expression to start from."""
+    """Lower is more neutral and frontal, a better resting face for an expression to start
+    from: yaw (in tenths of the eye spacing) + roll (in 5 degree steps) + mouth opening (in 0.05
+    eye spacings)."""
     _, u, _, _ = face_axes(lm)
     eye_r, eye_l = lm[36:42].mean(0), lm[42:48].mean(0)
     iod = float(np.linalg.norm(eye_l - eye_r))
@@ -179,8 +179,8 @@ def _people(wheel: str) -> tuple[Person, ...]:
 
 def people_report(*, fetch: bool = True):
     """One row per ORL photograph: person, photo, whether the face finder found a plausible face
-    and why not, its neutral score and rank within the person; then whether each person is
-    usable at all (``person_usable``)."""
+    (``usable``) and why not (``reason``), its neutral score, and whether the person has any
+    usable photograph (``person_usable``)."""
     import pandas as pd
 
     from merlib.synth.people import orl_people

@@ -76,7 +76,7 @@ class SynthPreset:
     amplitude_range: tuple[float, float] = (1.5, 5.5)  # px at 224 face scale
     au9_share: float = 0.65  # negative clips with AU9 (rest AU15)
     extra_au_rate: float = 0.5  # clips with one weaker AU from outside their class
-    extra_au_weight: tuple[float, float] = (0.25, 0.6)  # its weight (class AUs: 0.6-1.0)
+    extra_au_weight: tuple[float, float] = (0.25, 0.6)  # its weight (class AUs: class_au_weight)
     face_width_range: tuple[float, float] = (190.0, 250.0)  # px in the 640x480 frame
     roll_deg: float = 4.0  # extra in-plane rotation, +-
     shape_warp: float = 4.0  # identity warps, px at 224 face scale, +-
@@ -152,12 +152,11 @@ class SynthPreset:
                                                  self.n_others)) for src in SOURCES)
 
 
-
 # The realism knobs of the presets meant to be trained on (demo, megc); tiny keeps them off.
 # Tuned on demo (casme2 layout) with the calibration's LOSO logistic regression as the proxy:
 # UF1 0.63, 0.57 and 0.56 with seeds 0-2, against 0.94 before they existed (docs/DECISIONS.md).
-# The amplitude stops at 4.5: the overlapping AU sets' steeper fields overshoot it by up to ~25%
-# in a few clips, and the expression must stay within 6 px.
+# The amplitude stops at 4.5: the overlapping AU sets' steeper fields overshoot it by up to about
+# 30% in a few clips, and the expression must stay within 6 px.
 _HARD = dict(
     people="orl", au_variants="overlapping", class_au_weight=(0.5, 1.0),
     amplitude_range=(1.5, 4.5),
