@@ -88,9 +88,9 @@ class Paths:
 class SynthConfig:
     """Which SynthME a run uses when ``dataset == "synthme"``."""
 
-    preset: str = "tiny"  # tiny (CI) | demo (make reproduce)
+    preset: str = "tiny"  # one of registry.SYNTH_PRESETS: tiny (CI) | demo | megc
     seed: int = 0
-    layout: str = "casme2"  # on-disk format it is written in: casme2 | samm | smic
+    layout: str = "casme2"  # on-disk format written: one of registry.SYNTH_LAYOUTS (megc: all three)
 
     def folder_name(self) -> str:
         return f"synthme-{self.preset}-{self.layout}-seed{self.seed}"

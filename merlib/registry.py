@@ -70,8 +70,8 @@ DATASETS = {d.name: d for d in (
 )}
 # The on-disk formats SynthME is written in (each is the dataset of the same name) and its sizes
 # (merlib.synth.plan.PRESETS holds their settings; tests/test_options.py checks the names agree).
-SYNTH_LAYOUTS = ("casme2", "samm", "smic")
-SYNTH_PRESETS = ("tiny", "demo")
+SYNTH_LAYOUTS = ("casme2", "samm", "smic", "megc")
+SYNTH_PRESETS = ("tiny", "demo", "megc")
 
 
 def dataset(name: str) -> Dataset:

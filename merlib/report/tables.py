@@ -308,6 +308,9 @@ def calibration_table(figures: dict) -> pd.DataFrame:
          figures["chance_uf1"] + 0.15 <= figures["baseline_uf1"] < 1.0),
         ("largest landmark motion, px at 224 face scale", figures["max_motion_224"], "<= 6",
          figures["max_motion_224"] <= 6.0),
+        ("distinct people (source identities) / subjects",
+         f"{figures['n_identities']} / {figures['n_subjects']}", "equal: a held-out subject is a "
+         "held-out person", figures["n_identities"] == figures["n_subjects"]),
     ]
     return pd.DataFrame(rows, columns=["check", "measured", "target", "met"])
 

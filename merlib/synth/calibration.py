@@ -1,16 +1,20 @@
 """Calibration of a generated SynthME: is it a fair stand-in for a micro-expression dataset?
 
-Three checks, each returning its figures (a notebook shows them, tests assert them):
+Four checks, each returning its figures (a notebook shows them, tests assert them):
 
 - :func:`detection_rate`: the fraction of (sampled) frames where face_recognition's HOG detector
   finds the face (a box containing the ground-truth nose tip); target >= 0.99.
 - :func:`loso_baseline`: a deliberately plain classifier, logistic regression on 32x32 grayscale
   apex-minus-onset difference images of the face, leave-one-subject-out; its UF1 must be well above
   chance (the expressions are learnable) and below 1 (they are not trivial).
-- :func:`amplitude_check`: the largest ground-truth landmark motion, head jitter removed, in px at
-  the 224-px face scale; micro means <= 6.
+- :func:`amplitude_check`: the largest ground-truth landmark motion of the expression alone (head
+  motion and blinks removed), in px at the 224-px face scale; micro means <= 6.
+- :func:`identity_check`: distinct people against subjects. LOSO tests generalisation to an
+  unseen person only if no two subjects share a face, so the two must be equal (a mirrored
+  photograph is the same person). The offline ``tiny`` preset has 2 people for 4 subjects and
+  says so here.
 
-:func:`calibrate` runs all three and returns one flat dict.
+:func:`calibrate` runs all four and returns one flat dict.
 """
 from __future__ import annotations
 
@@ -23,17 +27,23 @@ import pandas as pd
 
 from merlib.datasets import build_index, read_frames
 from merlib.registry import CLASSES
+from merlib.synth.plan import SOURCES
 from merlib.faces import face_boxes
 from merlib.synth.faces import FACE_SCALE
 from merlib.synth.write import MARKER, load_groundtruth
 
 
 def _clips(root: Path) -> pd.DataFrame:
-    """Ground-truth table joined with the index of the dataset's own layout (frames_dir)."""
+    """Ground-truth table joined with the index of the dataset's own layout (frames_dir); for the
+    megc layout, with its three sources' indexes."""
     root = Path(root)
     layout = json.loads((root / MARKER).read_text())["layout"]
     gt = load_groundtruth(root)
-    index = build_index(layout, root)[["subject", "clip", "status", "frames_dir"]]
+    # the composite's list leaves out the 'others' clips; each source's own index has them all
+    # (subject ids differ between sources, so (subject, clip) stays a key)
+    loaders = SOURCES if layout == "megc" else (layout,)
+    index = pd.concat([build_index(name, root) for name in loaders], ignore_index=True)
+    index = index[["subject", "clip", "status", "frames_dir"]]
     merged = gt.merge(index, on=["subject", "clip"], how="left", validate="one_to_one")
     missing = merged["frames_dir"].isna()
     if missing.any():
@@ -143,13 +153,17 @@ def loso_baseline(root: str | Path, *, size: int = 32, C: float = 1.0) -> dict:
 
 
 def amplitude_check(root: str | Path) -> dict:
-    """Largest landmark motion of every clip, from its ground-truth landmarks with the head
-    jitter removed, in px at the 224-px face scale."""
+    """Largest landmark motion of every clip, from its ground-truth landmarks of the expression
+    alone (``expression_landmarks``: no head motion, no blink; a SynthME from before they were
+    written: the landmarks with the jitter removed), in px at the 224-px face scale."""
     gt_table = load_groundtruth(root)
     per_clip = []
     for row in gt_table.itertuples():
         gt = load_groundtruth(root, row.subject, row.clip)
-        motion = gt["landmarks"] - gt["jitter"][:, None, :] - gt["neutral_landmarks"][None]
+        if "expression_landmarks" in gt:
+            motion = gt["expression_landmarks"] - gt["neutral_landmarks"][None]
+        else:
+            motion = gt["landmarks"] - gt["jitter"][:, None, :] - gt["neutral_landmarks"][None]
         px = np.linalg.norm(motion, axis=2).max() * FACE_SCALE / float(gt["face_width"])
         per_clip.append({"subject": row.subject, "clip": row.clip, "max_motion_224": float(px),
                          "amplitude": float(row.amplitude)})
@@ -158,10 +172,31 @@ def amplitude_check(root: str | Path) -> dict:
             "median_motion_224": float(table["max_motion_224"].median()), "per_clip": table}
 
 
+def _person(identity: str) -> str:
+    return identity.removesuffix("_mirrored")  # a mirrored photograph shows the same person
+
+
+def identity_check(root: str | Path) -> dict:
+    """Distinct people (the ground truth's ``identity``, mirrors counted as their originals)
+    against subjects: ``n_identities``, ``n_subjects``, ``identities_per_subject`` (1.0 when
+    every subject is its own person), and per identity the subjects showing it."""
+    gt = load_groundtruth(root)
+    source = gt["source"] if "source" in gt else pd.Series([""] * len(gt))
+    subjects = (source + "/" + gt["subject"]).rename("subject")
+    people = gt["identity"].map(_person).rename("identity")
+    table = (pd.concat([people, subjects], axis=1).drop_duplicates()
+             .groupby("identity")["subject"].agg(lambda s: ", ".join(sorted(s))).reset_index())
+    table["n_subjects"] = table["subject"].str.count(",") + 1
+    n_subjects, n_people = int(subjects.nunique()), int(people.nunique())
+    return {"n_identities": n_people, "n_subjects": n_subjects,
+            "identities_per_subject": n_people / n_subjects,
+            "faces_shared": int((table["n_subjects"] > 1).sum()), "per_identity": table}
+
+
 def calibrate(root: str | Path, *, detection_step: int = 10) -> dict:
-    """All three checks as one flat dict of figures (per-clip tables left out)."""
+    """All four checks as one flat dict of figures (per-clip tables left out)."""
     out = {}
     for part in (detection_rate(root, step=detection_step), loso_baseline(root),
-                 amplitude_check(root)):
+                 amplitude_check(root), identity_check(root)):
         out.update({k: v for k, v in part.items() if not isinstance(v, pd.DataFrame)})
     return out

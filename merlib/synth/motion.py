@@ -80,11 +80,14 @@ def sample_field(fld: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def forward_points(pts: np.ndarray, fld: np.ndarray, scale: np.ndarray | float = 1.0,
                    shift: np.ndarray | None = None, shift_mask: np.ndarray | None = None,
-                   iterations: int = 6) -> np.ndarray:
+                   iterations: int = 6, *, affine: np.ndarray | None = None,
+                   extra: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
     """Where the points ``pts`` (N, 2) of a source image land in the frames
-    ``out_t(x) = src(x + scale[t] * fld(x) + shift[t] * mask(x))``: the fixed point of
-    ``x = p - scale[t] * fld(x) - shift[t] * mask(x)`` (converges: the fields are small and
-    smooth). Returns (T, N, 2); T = len(scale)."""
+    ``out_t(x) = src(x + scale[t] * fld(x) + sum_k scale_k[t] * fld_k(x) + mask(x) * h_t(x))``,
+    with ``extra`` the (fld_k, scale_k) pairs and the head term ``h_t(x)`` either ``shift[t]``
+    (a translation) or ``A_t x + b_t - x`` for ``affine[t] = [A_t | b_t]`` (2, 3): the fixed
+    point of ``x = p - (all of that at x)`` (converges: the fields are small and smooth).
+    Returns (T, N, 2); T = len(scale)."""
     scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
     n_t = len(scale)
     p = np.broadcast_to(pts.astype(np.float64), (n_t, *pts.shape))
@@ -92,11 +95,19 @@ def forward_points(pts: np.ndarray, fld: np.ndarray, scale: np.ndarray | float =
     for _ in range(iterations):
         flat = x.reshape(-1, 2)
         d = scale[:, None, None] * sample_field(fld, flat).reshape(x.shape)
-        if shift is not None:
+        for fld_k, scale_k in extra:
+            d = d + np.asarray(scale_k, np.float64)[:, None, None] * \
+                sample_field(fld_k, flat).reshape(x.shape)
+        if shift is not None or affine is not None:
             m = flat.astype(np.float32).reshape(-1, 1, 2)
             mk = cv2.remap(shift_mask, m[..., 0], m[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE).reshape(n_t, -1, 1)
-            d = d + mk * np.asarray(shift, dtype=np.float64).reshape(n_t, 1, 2)
+            if affine is not None:
+                a = np.asarray(affine, dtype=np.float64)
+                head = np.einsum("tij,tnj->tni", a[:, :, :2], x) + a[:, None, :, 2] - x
+            else:
+                head = np.asarray(shift, dtype=np.float64).reshape(n_t, 1, 2)
+            d = d + mk * head
         x = p - d
     return x
 
@@ -145,19 +156,42 @@ AU_MOTION: dict[str, dict[int | str, tuple[float, float]]] = {
              65: (0, 0.8), 66: (0, 0.8), 67: (0, 0.8), 60: (0, 0.4), 64: (0, 0.4)},
 }
 
+# SynthPreset.au_variants == "stereotyped": one textbook AU set per class (two for negative and
+# others), drawn uniformly (negative: AU9 with au9_share). Nothing is shared between classes.
 CLASS_AUS = {
     "positive": [("AU6", "AU12")],
     "surprise": [("AU1", "AU2", "AU5", "AU26")],
     "negative": [("AU4", "AU7", "AU9"), ("AU4", "AU7", "AU15")],
     "others": [("AU14",), ("AU17",)],
 }
+# SynthPreset.au_variants == "overlapping": (AU set, probability) per class, closer to what the
+# coders of CASME II and SAMM report: partial sets are common (AU12 without AU6, AU1+AU2 without
+# AU5/AU26, AU4 alone), repression shows as AU14/AU15/AU17, and several AUs occur in more than
+# one class (AU4 and AU7 in negative and others, AU6/AU7 squint in positive and negative, AU14 in
+# negative and others, AU1 in surprise and sadness-like negative, AU17 everywhere but surprise),
+# so no single region decides the class.
+CLASS_AU_MIX: dict[str, tuple[tuple[tuple[str, ...], float], ...]] = {
+    "positive": ((("AU12",), 0.35), (("AU6", "AU12"), 0.3), (("AU6", "AU7", "AU12"), 0.1),
+                 (("AU6",), 0.1), (("AU12", "AU17"), 0.1), (("AU6", "AU14"), 0.05)),
+    "surprise": ((("AU1", "AU2"), 0.4), (("AU1", "AU2", "AU5"), 0.2), (("AU1", "AU2", "AU26"), 0.15),
+                 (("AU1", "AU2", "AU5", "AU26"), 0.1), (("AU1",), 0.05), (("AU5", "AU26"), 0.05),
+                 (("AU1", "AU2", "AU4"), 0.05)),
+    "negative": ((("AU4",), 0.2), (("AU4", "AU7"), 0.15), (("AU4", "AU9"), 0.1),
+                 (("AU4", "AU7", "AU9"), 0.1), (("AU9",), 0.05), (("AU14",), 0.1),
+                 (("AU15",), 0.05), (("AU4", "AU15"), 0.05), (("AU15", "AU17"), 0.05),
+                 (("AU1", "AU4"), 0.05), (("AU7",), 0.05), (("AU6", "AU7"), 0.05)),
+    "others": ((("AU14",), 0.25), (("AU17",), 0.25), (("AU7",), 0.2), (("AU4",), 0.15),
+               (("AU1", "AU2"), 0.05), (("AU12", "AU14"), 0.1)),
+}
 # AUs that may join a clip weakly without changing its class (SynthPreset.extra_au_rate)
 NUISANCE_AUS = ("AU1", "AU2", "AU4", "AU7", "AU14", "AU17")
 
 
-def au_displacements(lm: np.ndarray, aus: Sequence[str], weights: Sequence[float]) -> np.ndarray:
+def au_displacements(lm: np.ndarray, aus: Sequence[str], weights: Sequence[float], *,
+                     asymmetry: float = 0.0) -> np.ndarray:
     """(68 + len(VIRTUAL), 2) image-space displacements of the landmarks and virtual points for
-    weighted AUs, scaled so the largest one has length 1."""
+    weighted AUs, scaled so the largest one has length 1. ``asymmetry`` a: the image-right half
+    moves 1 + a times as far, the left 1 - a (a person's lopsided expression)."""
     c, u, v, _ = face_axes(lm)
     virt = virtual_points(lm)
     pts = np.vstack([lm, [virt[k] for k in VIRTUAL]])
@@ -168,7 +202,36 @@ def au_displacements(lm: np.ndarray, aus: Sequence[str], weights: Sequence[float
         for key, (out, down) in AU_MOTION[au].items():
             i = idx[key]
             d[i] += wgt * (out * side[i] * u + down * v)
+    if asymmetry:
+        d *= (1 + asymmetry * side)[:, None]
     return d / np.abs(np.linalg.norm(d, axis=1)).max()
+
+
+# Blinks (AU45): the upper lids close onto the lower lids, which rise a little; the eye corners
+# stay. A nuisance: it comes with any class, at any time of the clip.
+_BLINK_LIDS = ((37, 41), (38, 40), (43, 47), (44, 46))  # (upper, lower) lid points facing
+
+
+def blink_displacements(lm: np.ndarray, depth: float) -> np.ndarray:
+    """(68 + len(VIRTUAL), 2) image-space displacements of a blink closing the eyes by
+    ``depth`` (0: open, 1: upper lids on the lower ones). The warp through them stretches the
+    lid gap by about ``1 - depth / (1 - depth / 2)``: it folds over past depth 2/3, and its
+    ground-truth points converge slowly near it."""
+    d = np.zeros((68 + len(VIRTUAL), 2))
+    for up, low in _BLINK_LIDS:
+        gap = lm[low] - lm[up]
+        d[up] = 0.85 * depth * gap
+        d[low] = -0.15 * depth * gap
+    return d
+
+
+def blink_curve(n_frames: int, start: float, duration: float) -> np.ndarray:
+    """0 outside the blink, rising to 1 over its first third (lids close fast) and back to 0
+    over the rest (they open more slowly); ``start`` and ``duration`` in frames, any real."""
+    t = (np.arange(n_frames, dtype=np.float64) - start) / duration
+    close = 0.5 * (1 - np.cos(np.pi * np.clip(t / (1 / 3), 0, 1)))
+    opening = 0.5 * (1 + np.cos(np.pi * np.clip((t - 1 / 3) / (2 / 3), 0, 1)))
+    return np.where(t < 1 / 3, close, opening) * ((t >= 0) & (t <= 1))
 
 
 # --------------------------------------------------------------------------------------------

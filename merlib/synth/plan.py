@@ -1,13 +1,33 @@
-"""What a SynthME holds, before any pixel: presets, which subject performs what, and every clip's
-AUs, amplitude, timing and names in the layout's own spelling.
+"""What a SynthME holds, before any pixel: presets, who performs what, and every clip's AUs,
+amplitude, timing, nuisances' strengths and names in the layout's own spelling.
 
 Timing follows CASME II at 200 fps (clip length log-normal, median 61 frames, 10th-90th
 percentile about 41-97; apex at a Beta(2.2, 2.2) fraction of onset-offset); the SMIC layout is
 100 fps with half the frame counts.
 
+Layouts: ``casme2``, ``samm``, ``smic`` (one dataset in that format), and ``megc``: the three
+written side by side under one root, each source with its own people (none shared between
+sources, as in the real composite), plus the composite's list of 3-class clips
+(:mod:`merlib.datasets.megc`). Subject indices run on across the sources (CASME II's first, then
+SAMM's, then SMIC's), so every subject of a ``megc`` SynthME is a different person.
+
+What makes a preset hard (all off in ``tiny``, on in ``demo`` and ``megc``; see
+:class:`SynthPreset`):
+
+- ``people="orl"``: each subject a different real person (:func:`merlib.synth.faces.people`),
+  so a held-out LOSO subject is a face the classifier never saw;
+- ``au_variants="overlapping"``: partial AU sets and AUs shared between classes
+  (:data:`merlib.synth.motion.CLASS_AU_MIX`), a weaker AU from outside the class in many clips;
+- identity-specific style: per person, a gain on each AU (``style_au_sigma``), a left/right
+  imbalance (``style_asymmetry``) and an overall expressiveness (``style_amplitude_sigma``);
+- nuisances drawn per clip at render time: head rotation and larger head moves, blinks,
+  illumination changes (``head_rotation_deg``, ``head_move_rate``, ``blink_rate``,
+  ``illumination``), on top of the jitter, flicker and sensor noise every preset has.
+
 Every random draw comes from a generator seeded by ``(seed, stage, subject, clip)``
 (:func:`cell_rng`), so the output does not depend on the order of evaluation or the number of
-workers.
+workers; stages added for the knobs above draw only when their knob is on, so ``tiny`` is
+unchanged by them.
 """
 from __future__ import annotations
 
@@ -17,10 +37,11 @@ from typing import Sequence
 
 import numpy as np
 
-from merlib.registry import CLASSES
-from merlib.synth.motion import CLASS_AUS, NUISANCE_AUS
+from merlib.registry import CLASSES, SOURCES  # SOURCES: the real datasets' on-disk formats
+from merlib.synth.motion import CLASS_AU_MIX, CLASS_AUS, NUISANCE_AUS
 
-LAYOUTS = ("casme2", "samm", "smic")
+LAYOUTS = (*SOURCES, "megc")  # megc: the three side by side, with the composite's list
+MAX_BLINK_DEPTH = 0.6  # the lids' warp stays invertible below about 0.6 (motion.blink_displacements)
 
 
 # --------------------------------------------------------------------------------------------
@@ -28,8 +49,19 @@ LAYOUTS = ("casme2", "samm", "smic")
 
 
 @dataclass(frozen=True)
+class SourceCounts:
+    """One source's share of a ``megc`` SynthME: its people and its clips."""
+
+    layout: str  # casme2 | samm | smic
+    n_subjects: int
+    class_counts: tuple[int, int, int]  # negative, positive, surprise
+    n_others: int  # 'others' clips (written in the CASME II / SAMM sheets, not in the list)
+
+
+@dataclass(frozen=True)
 class SynthPreset:
-    """Everything that shapes one SynthME preset; timings are in frames at 200 fps."""
+    """Everything that shapes one SynthME preset; timings are in frames at 200 fps. The fields
+    after ``jpeg_quality`` are the realism knobs; their defaults are off (the ``tiny`` preset)."""
 
     name: str
     n_subjects: int
@@ -43,7 +75,7 @@ class SynthPreset:
     amplitude_range: tuple[float, float] = (1.5, 5.5)  # px at 224 face scale
     au9_share: float = 0.65  # negative clips with AU9 (rest AU15)
     extra_au_rate: float = 0.5  # clips with one weaker AU from outside their class
-    extra_au_weight: tuple[float, float] = (0.25, 0.6)  # its weight (class AUs: 0.6-1.0)
+    extra_au_weight: tuple[float, float] = (0.25, 0.6)  # its weight (class AUs: class_au_weight)
     face_width_range: tuple[float, float] = (190.0, 250.0)  # px in the 640x480 frame
     roll_deg: float = 4.0  # extra in-plane rotation, +-
     shape_warp: float = 4.0  # identity warps, px at 224 face scale, +-
@@ -56,10 +88,82 @@ class SynthPreset:
     frame_size: tuple[int, int] = (480, 640)  # (H, W)
     fps: int = 200
     jpeg_quality: int = 95
+    # who the subjects are: "bundled" cycles the four faces of base_faces() (two people, works
+    # offline); "orl" gives every subject its own person (merlib.synth.faces.people)
+    people: str = "bundled"
+    # layout "megc": each source's people and clips; empty means the fields above for each
+    # source. When given, a single-format layout writes that source's part of the megc dataset
+    # (same people, same clips), and n_subjects, class_counts and n_others go unused
+    megc_sources: tuple[SourceCounts, ...] = ()
+    # "stereotyped": CLASS_AUS; "overlapping": CLASS_AU_MIX (partial sets, AUs shared by classes)
+    au_variants: str = "stereotyped"
+    class_au_weight: tuple[float, float] = (0.6, 1.0)  # weight of each of a clip's class AUs
+    # identity-specific style, drawn once per subject: AU gains exp(N(0, s)), a left/right
+    # imbalance U(-a, a) (one side moves 1+a times as far as the other), expressiveness
+    # exp(N(0, s)) on the amplitude (kept within amplitude_range)
+    style_au_sigma: float = 0.0
+    style_asymmetry: float = 0.0
+    style_amplitude_sigma: float = 0.0
+    # head motion on top of the jitter: in-plane rotation (random walk, at most this many
+    # degrees) and, in this share of clips, one smooth head move of head_move_px px
+    head_rotation_deg: float = 0.0
+    head_move_rate: float = 0.0
+    head_move_px: tuple[float, float] = (1.0, 3.0)
+    # blinks: this share of clips holds one, closing the eyes by a fraction in blink_depth, over
+    # blink_frames frames (at 200 fps), at any time of the clip (unrelated to the expression).
+    # A warp can only narrow an eye, not lay a lid over it: past about 0.6 the lids' warp folds
+    # over itself, so deeper blinks are refused
+    blink_rate: float = 0.0
+    blink_depth: tuple[float, float] = (0.25, 0.5)
+    blink_frames: tuple[int, int] = (20, 50)
+    # illumination: a light gradient across the face that changes by up to this relative amount
+    # over the clip (a smooth ramp starting at a random frame)
+    illumination: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.people not in ("bundled", "orl"):
+            raise ValueError(f"SynthPreset.people must be 'bundled' or 'orl', got {self.people!r}")
+        if self.au_variants not in ("stereotyped", "overlapping"):
+            raise ValueError(f"SynthPreset.au_variants must be 'stereotyped' or 'overlapping', "
+                             f"got {self.au_variants!r}")
+        if not 0 <= self.blink_depth[0] <= self.blink_depth[1] <= MAX_BLINK_DEPTH:
+            raise ValueError(f"SynthPreset.blink_depth must lie in [0, {MAX_BLINK_DEPTH}], got "
+                             f"{self.blink_depth}")
+        if any(sc.layout not in SOURCES for sc in self.megc_sources) or \
+                len({sc.layout for sc in self.megc_sources}) != len(self.megc_sources):
+            raise ValueError(f"SynthPreset.megc_sources: one entry per source at most, "
+                             f"each one of {SOURCES}")
 
     @property
     def n_clips(self) -> int:
         return sum(self.class_counts) + self.n_others
+
+    @property
+    def has_style(self) -> bool:
+        return bool(self.style_au_sigma or self.style_asymmetry or self.style_amplitude_sigma)
+
+    def sources(self, layout: str) -> tuple[SourceCounts, ...]:
+        """The sources a layout writes, with their counts (one for a single-format layout)."""
+        if layout != "megc":
+            return (SourceCounts(layout, self.n_subjects, self.class_counts, self.n_others),)
+        given = {sc.layout: sc for sc in self.megc_sources}
+        return tuple(given.get(src, SourceCounts(src, self.n_subjects, self.class_counts,
+                                                 self.n_others)) for src in SOURCES)
+
+
+# The realism knobs of the presets meant to be trained on (demo, megc); tiny keeps them off.
+# Tuned on demo (casme2 layout) with the calibration's LOSO logistic regression as the proxy:
+# UF1 0.63, 0.57 and 0.56 with seeds 0-2, against 0.94 before they existed (docs/DECISIONS.md).
+# The amplitude stops at 4.5: the overlapping AU sets' steeper fields overshoot it by up to about
+# 30% in a few clips, and the expression must stay within 6 px.
+_HARD = dict(
+    people="orl", au_variants="overlapping", class_au_weight=(0.5, 1.0),
+    amplitude_range=(1.5, 4.5),
+    style_au_sigma=0.35, style_asymmetry=0.3, style_amplitude_sigma=0.25,
+    jitter_step=0.1, jitter_tremor=0.2, jitter_max=1.5,
+    head_rotation_deg=0.6, head_move_rate=0.3, head_move_px=(1.0, 3.0),
+    blink_rate=0.35, illumination=0.04, flicker=0.008,
+)
 
 
 PRESETS = {
@@ -68,8 +172,18 @@ PRESETS = {
     "tiny": SynthPreset(name="tiny", n_subjects=4, class_counts=(6, 4, 4), n_others=2,
                         length_median=24.0, length_sigma=0.2, length_range=(16, 36),
                         amplitude_range=(3.0, 5.5), extra_au_rate=0.0),
-    # make reproduce: CASME II's 88/32/25 imbalance halved, 10 subjects.
-    "demo": SynthPreset(name="demo", n_subjects=10, class_counts=(44, 16, 13), n_others=5),
+    # make reproduce: CASME II's 88/32/25 imbalance halved, 10 subjects, 10 different people,
+    # the realism knobs on.
+    "demo": SynthPreset(name="demo", n_subjects=10, class_counts=(44, 16, 13), n_others=5,
+                        **_HARD),
+    # layout "megc": 8 people per source (24 in all), 5-6 clips each, each source with its
+    # own class balance from the real composite (CASME II 88/32/25, SAMM 92/26/15, SMIC
+    # 70/51/43, about a quarter of it); layout casme2, samm or smic: that source's part of it.
+    "megc": SynthPreset(name="megc", n_subjects=8, class_counts=(24, 9, 7), n_others=3,
+                        megc_sources=(SourceCounts("casme2", 8, (24, 9, 7), 3),
+                                      SourceCounts("samm", 8, (25, 7, 5), 3),
+                                      SourceCounts("smic", 8, (17, 13, 11), 0)),
+                        **_HARD),
 }
 
 
@@ -89,6 +203,8 @@ def cell_rng(seed: int, *key: int) -> np.random.Generator:
 
 
 STAGE_PLAN, STAGE_SUBJECT, STAGE_CLIP, STAGE_RENDER = 1, 2, 3, 4
+# added with the realism knobs: drawn only when those are on
+STAGE_PEOPLE, STAGE_STYLE, STAGE_NUISANCE = 5, 6, 7
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +229,8 @@ class ClipPlan:
     apex: int
     offset: int
     fps: int
+    source: str = ""  # the layout the clip is written in (casme2 | samm | smic)
+    asymmetry: float = 0.0  # the subject's left/right imbalance (SynthPreset.style_asymmetry)
 
     @property
     def n_frames(self) -> int:
@@ -133,16 +251,15 @@ def _subject_name(layout: str, i: int) -> str:
     return f"s{SMIC_SUBJECTS[i]:02d}"
 
 
-def _allocate(preset: SynthPreset, seed: int) -> list[list[str]]:
+def _allocate(counts: SourceCounts, rng: np.random.Generator) -> list[list[str]]:
     """Which categories each subject performs: every class dealt round-robin over a seeded
     permutation of the subjects, so each class reaches most subjects."""
-    rng = cell_rng(seed, STAGE_PLAN)
-    per_subject: list[list[str]] = [[] for _ in range(preset.n_subjects)]
+    per_subject: list[list[str]] = [[] for _ in range(counts.n_subjects)]
     cursor = 0
-    for cat, count in zip((*CLASSES, "others"), (*preset.class_counts, preset.n_others)):
-        order = rng.permutation(preset.n_subjects)
+    for cat, count in zip((*CLASSES, "others"), (*counts.class_counts, counts.n_others)):
+        order = rng.permutation(counts.n_subjects)
         for j in range(count):
-            per_subject[order[(cursor + j) % preset.n_subjects]].append(cat)
+            per_subject[order[(cursor + j) % counts.n_subjects]].append(cat)
         cursor += count
     for cats in per_subject:
         rng.shuffle(cats)
@@ -169,47 +286,96 @@ def _timing(preset: SynthPreset, rng: np.random.Generator,
 
 def plan_dataset(layout: str = "casme2", preset: str | SynthPreset = "tiny",
                  seed: int = 0) -> list[ClipPlan]:
-    """The clips of a SynthME dataset, in writing order (subjects, then clips)."""
+    """The clips of a SynthME dataset, in writing order (sources, subjects, then clips)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown SynthME layout {layout!r}; choose one of {LAYOUTS}")
     p = get_preset(preset)
-    if layout == "smic" and p.n_subjects > len(SMIC_SUBJECTS):
-        raise ValueError(f"the SMIC layout has {len(SMIC_SUBJECTS)} subject ids, "
-                         f"preset {p.name} asks for {p.n_subjects}")
+    if layout != "megc" and p.megc_sources:
+        # a source of a megc preset is its part of the composite: the same people and clips, so
+        # a per-source run and the composite run see the same data
+        return [pl for pl in plan_dataset("megc", p, seed) if pl.source == layout]
+    plans: list[ClipPlan] = []
+    first_subject = 0
+    for k, counts in enumerate(p.sources(layout)):
+        if counts.layout == "smic" and counts.n_subjects > len(SMIC_SUBJECTS):
+            raise ValueError(f"the SMIC layout has {len(SMIC_SUBJECTS)} subject ids, "
+                             f"preset {p.name} asks for {counts.n_subjects}")
+        # a single format keeps the stream it always had; megc's sources each get their own
+        rng = cell_rng(seed, STAGE_PLAN) if layout != "megc" else cell_rng(seed, STAGE_PLAN, k)
+        plans += _plan_source(p, counts, seed, rng, first_subject)
+        first_subject += counts.n_subjects
+    return plans
+
+
+def _style(p: SynthPreset, seed: int, si: int) -> tuple[dict[str, float], float, float]:
+    """A subject's expression style: AU gains, left/right imbalance, expressiveness."""
+    if not p.has_style:
+        return {}, 0.0, 1.0
+    rng = cell_rng(seed, STAGE_STYLE, si)
+    aus = sorted({au for variants in CLASS_AU_MIX.values() for aus, _ in variants for au in aus}
+                 | set(NUISANCE_AUS), key=lambda a: int(a[2:]))
+    gains = dict(zip(aus, np.exp(p.style_au_sigma * rng.standard_normal(len(aus)))))
+    asym = float(rng.uniform(-p.style_asymmetry, p.style_asymmetry))
+    expressive = float(np.exp(p.style_amplitude_sigma * rng.standard_normal()))
+    return gains, asym, expressive
+
+
+def _class_aus(p: SynthPreset, cat: str, rng: np.random.Generator) -> tuple[str, ...]:
+    if p.au_variants == "overlapping":
+        variants = CLASS_AU_MIX[cat]
+        probs = np.array([w for _, w in variants])
+        return variants[int(rng.choice(len(variants), p=probs / probs.sum()))][0]
+    variants = CLASS_AUS[cat]
+    if cat == "negative":  # AU15 is the rarer one (CASME II: repression 27, disgust 63)
+        return variants[0] if rng.random() < p.au9_share else variants[1]
+    return variants[int(rng.integers(len(variants)))]
+
+
+def _plan_source(p: SynthPreset, counts: SourceCounts, seed: int, rng: np.random.Generator,
+                 first_subject: int) -> list[ClipPlan]:
+    layout = counts.layout
     plans = []
-    for si, cats in enumerate(_allocate(p, seed)):
-        subject = _subject_name(layout, si)
+    for local, cats in enumerate(_allocate(counts, rng)):
+        si = first_subject + local
+        subject = _subject_name(layout, local)
+        gains, asym, expressive = _style(p, seed, si)
         used: set[str] = set()
         counters: Counter = Counter()
         for ci, cat in enumerate(cats):
             rng = cell_rng(seed, STAGE_CLIP, si, ci)
-            variants = CLASS_AUS[cat]
-            if cat == "negative":  # AU15 is the rarer one (CASME II: repression 27, disgust 63)
-                aus = variants[0] if rng.random() < p.au9_share else variants[1]
-            else:
-                aus = variants[int(rng.integers(len(variants)))]
-            weights = [float(x) for x in rng.uniform(0.6, 1.0, size=len(aus))]
+            aus = cls = _class_aus(p, cat, rng)
+            weights = [float(x) for x in rng.uniform(*p.class_au_weight, size=len(aus))]
             if rng.random() < p.extra_au_rate:  # a weaker AU from outside the class
                 pool = [a for a in NUISANCE_AUS if a not in aus]
                 aus = (*aus, pool[int(rng.integers(len(pool)))])
                 weights.append(float(rng.uniform(*p.extra_au_weight)))
+            if gains:
+                weights = [w * float(gains[a]) for a, w in zip(aus, weights)]
             weights = tuple(weights)
             amplitude = float(rng.uniform(*p.amplitude_range))
+            if expressive != 1.0:
+                lo, hi = p.amplitude_range
+                amplitude = float(np.clip(amplitude * expressive, lo, hi))
             first, onset, apex, offset = _timing(p, rng, layout)
-            emotion = _emotion(layout, cat, aus, rng)
+            emotion = _emotion(layout, cat, cls, rng, p.au_variants)
             if cat == "others" and layout == "smic":
                 continue  # SMIC has only the three class folders
             name = _clip_name(layout, subject, cat, rng, used, counters)
             used.add(name)
             plans.append(ClipPlan(si, ci, subject, name, "" if cat == "others" else cat, emotion,
                                   tuple(aus), weights, round(amplitude, 4), first, onset, apex,
-                                  offset, p.fps // 2 if layout == "smic" else p.fps))
+                                  offset, p.fps // 2 if layout == "smic" else p.fps,
+                                  source=layout, asymmetry=round(asym, 4)))
     return plans
 
 
-def _emotion(layout: str, cat: str, aus: Sequence[str], rng: np.random.Generator) -> str:
+def _emotion(layout: str, cat: str, aus: Sequence[str], rng: np.random.Generator,
+             au_variants: str = "stereotyped") -> str:
+    """The layout's word for a clip of category ``cat`` with class AUs ``aus``."""
     if layout == "smic":
         return cat
+    if cat == "negative" and au_variants == "overlapping":
+        return _negative_word(layout, aus, rng)
     if layout == "casme2":
         if cat == "negative":
             return CASME2_NEGATIVE[aus[2]]  # AU9 or AU15, after AU4 and AU7
@@ -218,6 +384,17 @@ def _emotion(layout: str, cat: str, aus: Sequence[str], rng: np.random.Generator
         words = SAMM_NEGATIVE[aus[2]]
         return words[int(rng.integers(len(words)))]
     return {"positive": "Happiness", "surprise": "Surprise", "others": "Other"}[cat]
+
+
+def _negative_word(layout: str, aus: Sequence[str], rng: np.random.Generator) -> str:
+    """The coders' word for a negative clip of the overlapping sets, from its class AUs: nose
+    wrinkle or brow lowering reads as disgust (SAMM: anger or disgust), the mouth and chin AUs
+    (AU14/15/17) as repression (SAMM: contempt, sadness or fear)."""
+    mouth = bool({"AU14", "AU15", "AU17"} & set(aus)) and "AU9" not in aus
+    if layout == "casme2":
+        return "repression" if mouth else "disgust"
+    words = ("Contempt", "Sadness", "Fear") if mouth else ("Anger", "Disgust")
+    return words[int(rng.integers(len(words)))]
 
 
 def _clip_name(layout: str, subject: str, cat: str, rng: np.random.Generator, used: set[str],

