@@ -233,6 +233,8 @@ def write_fold(config: RunConfig, ctx: Context, fold: int, out: Path, train_idx:
         pred["inputs"] = cfg.inputs
     else:  # blocks and map inputs are the paper model's; a baseline has its own features
         pred["net"] = cfg.net
+        if "epochs" in record:  # a network baseline: its schedule may be shorter than the reference's
+            pred["epochs"] = record["epochs"]
     epoch_probs = record.pop("epoch_probs", None)
     if epoch_probs is not None:  # the oracle diagnostic's input; never read to choose anything
         with atomic_path(out / EPOCHS_FILE) as tmp, open(tmp, "wb") as fh:

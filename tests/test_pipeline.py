@@ -332,7 +332,7 @@ def test_cache_key_follows_the_config(tmp_path):
     assert base.key() == PreprocessConfig().key() and len(base.key()) == 10
     variants = [PreprocessConfig(apex="detected"), PreprocessConfig(scheme="dlib68"),
                 PreprocessConfig(scheme="gacnn24"), PreprocessConfig(lwm_neighbors=8),
-                PreprocessConfig(n_frames=8), PreprocessConfig(size=112), PreprocessConfig(version=2)]
+                PreprocessConfig(n_frames=8), PreprocessConfig(size=112), PreprocessConfig(version=base.version + 1)]
     keys = {v.key() for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys
     assert cache_folder(tmp_path, "casme2", base) != cache_folder(tmp_path, "casme2", variants[0])

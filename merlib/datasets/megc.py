@@ -20,7 +20,8 @@ import pandas as pd
 
 from merlib.datasets import casme2, samm, smic
 from merlib.datasets.layout import DatasetNotFound, assess_clip, check_root, to_index
-from merlib.datasets.schema import CLASSES, map_emotion
+from merlib.datasets.schema import map_emotion
+from merlib.registry import CLASSES
 
 SOURCES = {"casme2": casme2, "samm": samm, "smic": smic}
 LIST_FILE = "megc2019_composite_3class.csv"

@@ -13,7 +13,8 @@ from merlib.report.tables import (apex_error_table, calibration_table, class_div
                                   device_check_summary, division_report, excluded_and_bad, face_routes, flags_summary,
                                   for_display,
                                   megc_division, oracle_table, paper_reference, per_source_table,
-                                  preprocess_summary, profile_label, status_summary, table5, table6,
+                                  preprocess_summary, profile_label, status_summary, synth_knobs, table5,
+                                  table6,
                                   usable)
 
 __all__ = ["FigureView", "Provenance", "VARIANTS", "apex_error_table", "calibration_table",
@@ -21,5 +22,5 @@ __all__ = ["FigureView", "Provenance", "VARIANTS", "apex_error_table", "calibrat
            "face_routes", "face_sheet", "figure2", "figure5", "figure6", "flags_summary",
            "for_display", "loss_curves", "may_keep_faces", "megc_division", "oracle_table",
            "paper_reference", "per_source_table", "preprocess_summary", "profile_label",
-           "provenance_table", "relative_paths", "show", "status_summary", "table5", "table6",
+           "provenance_table", "relative_paths", "show", "status_summary", "synth_knobs", "table5", "table6",
            "tim_strip", "usable", "write_figure", "write_table"]

@@ -138,10 +138,16 @@ def paper_reference(dataset: str, source: str) -> tuple[str, bool]:
 
 
 def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
-    """The profile as tables show it, naming a non-paper input representation the run used."""
+    """The profile as tables show it, naming a non-paper input representation the run used and,
+    for a network baseline trained shorter than its reference, its epochs."""
     inputs = set(pred["inputs"]) if pred is not None and "inputs" in pred else {"frames"}
     extra = sorted(inputs - {"frames"})
-    return f"{profile} ({', '.join(i.replace('_', '-') for i in extra)} maps)" if extra else profile
+    label = f"{profile} ({', '.join(i.replace('_', '-') for i in extra)} maps)" if extra else profile
+    if pred is not None and "epochs" in pred and "net" in pred:
+        epochs, reference = int(pred["epochs"].iloc[0]), BASELINES[pred["net"].iloc[0]].schedule["epochs"]
+        if epochs != reference:
+            label += f", {epochs} of the reference's {reference} epochs"
+    return label
 
 
 def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
@@ -295,6 +301,16 @@ def preprocess_summary(manifest: pd.DataFrame) -> pd.DataFrame:
             row["landmark fallback frames"] = int(g["n_landmark_fallback"].sum())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def synth_knobs(preset: str) -> pd.DataFrame:
+    """The realism knobs of a SynthME preset (``synth.plan.KNOBS``) beside the ``tiny`` preset's
+    (every knob off): what makes the data harder and closer to real recordings."""
+    from merlib.synth.plan import KNOBS, get_preset
+
+    this, off = get_preset(preset), get_preset("tiny")
+    return pd.DataFrame([{"knob": k, preset: str(getattr(this, k)), "tiny (off)": str(getattr(off, k)),
+                          "what it does": what} for k, what in KNOBS.items()])
 
 
 def calibration_table(figures: dict) -> pd.DataFrame:

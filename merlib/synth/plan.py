@@ -156,6 +156,25 @@ class SynthPreset:
 # UF1 0.63, 0.57 and 0.56 with seeds 0-2, against 0.94 before they existed (docs/DECISIONS.md).
 # The amplitude stops at 4.5: the overlapping AU sets' steeper fields overshoot it by up to about
 # 30% in a few clips, and the expression must stay within 6 px.
+# The knobs that make SynthME harder and closer to real recordings (notebook 01 shows them).
+KNOBS = {
+    "people": "who the subjects are: 'orl' one real person each (40 ORL people), 'bundled' two photographs",
+    "amplitude_range": "apex displacement of the class AUs, px at the 224 face scale",
+    "au_variants": "'overlapping': partial AU sets, AUs shared between classes",
+    "class_au_weight": "weight of each of a clip's class AUs (partial activation)",
+    "extra_au_rate": "share of clips with one weaker AU from outside their class",
+    "style_au_sigma": "identity style: log-normal gain per AU and subject",
+    "style_asymmetry": "identity style: one side of the face moves up to 1+a times the other",
+    "style_amplitude_sigma": "identity style: log-normal expressiveness per subject",
+    "jitter_step": "head drift per frame (random walk), px",
+    "head_rotation_deg": "in-plane head rotation during a clip, degrees at most",
+    "head_move_rate": "share of clips with one smooth head move",
+    "blink_rate": "share of clips with a blink unrelated to the expression",
+    "illumination": "light gradient changing over the clip, relative amount",
+    "flicker": "frame-to-frame gain flicker, relative amplitude",
+}
+
+
 _HARD = dict(
     people="orl", au_variants="overlapping", class_au_weight=(0.5, 1.0),
     amplitude_range=(1.5, 4.5),

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from merlib.datasets.megc import LIST_COLUMNS, LIST_FILE
-from merlib.datasets.schema import CLASSES, ClipRecord
+from merlib.datasets.schema import ClipRecord
+from merlib.registry import CLASSES
 from merlib.synth.plan import SOURCES, ClipPlan, SynthPreset, get_preset, plan_dataset
 from merlib.synth.render import make_subject, render_clip
 
