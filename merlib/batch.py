@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from merlib.config import ExecutorConfig, Paths, RunConfig, project_root
-from merlib.options import for_notebooks, make_run_config
+from merlib.options import for_notebooks, make_run_config, seed_configs
 from merlib.registry import BASELINES, DATASETS, VARIANT_ORDER
 
 KERNEL = "merlib"
@@ -33,17 +33,20 @@ def notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def jobs(selected: list[Path], baselines=tuple(BASELINES)):
+def jobs(selected: list[Path], baselines=tuple(BASELINES), *, train_seed: int = 0, seeds: int = 1):
     """(notebook, extra parameters, executed file name): the training notebook once per variant
-    of the paper's model, then once per Table 6 baseline."""
+    of the paper's model, then once per Table 6 baseline, each once per training seed (one run
+    each); the other notebooks once, reading every seed."""
+    runs = [({"blocks": k}, f"blocks{k}") for k in VARIANT_ORDER] + \
+           [({"model": net}, net) for net in baselines]
     for nb in selected:
-        if nb.name.startswith(TRAINING_PREFIX):
-            for k in VARIANT_ORDER:
-                yield nb, {"blocks": k}, f"{nb.stem}-blocks{k}.ipynb"
-            for net in baselines:
-                yield nb, {"model": net}, f"{nb.stem}-{net}.ipynb"
-        else:
+        if not nb.name.startswith(TRAINING_PREFIX):
             yield nb, {}, nb.name
+            continue
+        for extra, name in runs:
+            for s in range(train_seed, train_seed + seeds):
+                suffix = f"-seed{s}" if seeds > 1 else ""
+                yield nb, {**extra, "train_seed": s, "seeds": 1}, f"{nb.stem}-{name}{suffix}.ipynb"
 
 
 def execute(notebook: str | Path, out: str | Path | None = None, *, parameters: dict | None = None,
@@ -93,11 +96,13 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
 
         prepared = prepare(config, paths=paths)
         for what, run in training_runs(config):
-            print(f"[merlib reproduce] {config.data.name} {what}: folds on {executor.kind}",
-                  file=sys.stderr, flush=True)
-            train(dataclasses.replace(run, executor=executor), prepared=prepared, paths=paths)
+            for seeded in seed_configs(run, parameters.get("seeds", 1)):
+                print(f"[merlib reproduce] {config.data.name} {what} seed {seeded.train.seed}: "
+                      f"folds on {executor.kind}", file=sys.stderr, flush=True)
+                train(dataclasses.replace(seeded, executor=executor), prepared=prepared, paths=paths)
     done = []
-    for nb, extra, out_name in jobs(selected, dataset_baselines(config)):
+    for nb, extra, out_name in jobs(selected, dataset_baselines(config), train_seed=config.train.seed,
+                                    seeds=int(parameters.get("seeds", 1))):
         t0 = time.time()
         out = out_dir / out_name
         print(f"[merlib reproduce] {nb.name} {extra or ''} -> {out}", file=sys.stderr, flush=True)

@@ -84,21 +84,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from merlib.experiment import train
     from merlib.loso import ResumeRefused
 
+    from merlib.options import seed_configs
+
     config = _config(args)
     prepared = config and _prepare(args, config)
     if prepared is None:
         return 2
-    try:
-        _, summary = train(config, prepared=prepared, out_dir=args.out, restart=args.restart)
-    except ResumeRefused as exc:
-        print(f"merlib train: {exc}", file=sys.stderr)
+    if args.seeds > 1 and args.out:
+        print("merlib train: --out names one run folder; with --seeds each seed has its own "
+              "(leave --out out)", file=sys.stderr)
         return 2
-    pooled = summary["pooled"]
-    print(f"{config.data.name} {summary['variant']} ({config.train.profile} profile, "
-          + (f"inputs {summary['inputs']}, " if "inputs" in summary else "")
-          + f"{summary['n_folds']} LOSO folds, {summary['n_clips']} clips): "
-          f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
-          file=sys.stderr)
+    for run in seed_configs(config, args.seeds):
+        try:
+            _, summary = train(run, prepared=prepared, out_dir=args.out, restart=args.restart)
+        except ResumeRefused as exc:
+            print(f"merlib train: {exc}", file=sys.stderr)
+            return 2
+        pooled = summary["pooled"]
+        print(f"{config.data.name} {summary['variant']} ({config.train.profile} profile, "
+              + (f"inputs {summary['inputs']}, " if "inputs" in summary else "")
+              + f"train seed {run.train.seed}, {summary['n_folds']} LOSO folds, "
+              f"{summary['n_clips']} clips): "
+              f"Acc {pooled['acc']:.4f}  UF1 {pooled['uf1']:.4f}  UAR {pooled['uar']:.4f}",
+              file=sys.stderr)
     return 0
 
 
@@ -106,14 +114,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
     from merlib.batch import run
+    from merlib.experiment import PAPER_DATASETS
     from merlib.options import executor_from_args, options_from_args
 
     if _config(args) is None:
         return 2
     only = tuple(s.strip().zfill(2) for s in args.only.split(",")) if args.only else ()
+    options = options_from_args(args)
+    if args.paper and args.dataset != "synthme":
+        print("merlib reproduce: --paper runs SynthME's four layouts; for real data run one "
+              "reproduce per dataset (casme2, samm, smic, megc): notebook 06 gathers them",
+              file=sys.stderr)
+        return 2
     t0 = time.time()
-    run(options_from_args(args), only=only, executor=executor_from_args(args))
-    print(f"[merlib reproduce] {args.dataset}: all done in {time.time() - t0:.0f} s", file=sys.stderr)
+    for layout in PAPER_DATASETS if args.paper else (options["synth_layout"],):
+        run({**options, "synth_layout": layout}, only=only, executor=executor_from_args(args))
+    what = f"{args.dataset} ({', '.join(PAPER_DATASETS)} layouts)" if args.paper else args.dataset
+    print(f"[merlib reproduce] {what}: all done in {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -171,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_arguments(s)
     s.set_defaults(synth_preset="demo")
     s.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    s.add_argument("--paper", action="store_true",
+                   help="SynthME: the batch for each of the paper's four datasets (the casme2, samm, "
+                        "smic and megc layouts of the preset), so that notebook 06 shows the whole paper")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("weights", help="fetch ImageNet VGG16 weights into the torch hub cache "

@@ -108,8 +108,9 @@ def _check(what: str, value, allowed) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data a run reads. ``root`` empty means SynthME under ``MERLIB_DATA``; ``preset``,
-    ``layout`` and ``seed`` only matter for SynthME."""
+    """Which data a run reads. ``root`` empty means SynthME under ``MERLIB_DATA`` (a real dataset
+    needs one to be read: ``experiment.data_root``); ``preset``, ``layout`` and ``seed`` only
+    matter for SynthME."""
 
     dataset: str = "synthme"
     root: str = ""
@@ -122,9 +123,6 @@ class DataConfig:
         if self.dataset == "synthme":
             _check("SynthME preset", self.preset, SYNTH_PRESETS)
             _check("SynthME layout", self.layout, SYNTH_LAYOUTS)
-        elif not self.root:
-            raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root): the "
-                             f"licensed datasets are not shipped with merlib")
 
     @property
     def synth(self) -> SynthConfig | None:

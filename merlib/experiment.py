@@ -21,8 +21,12 @@ from merlib import metrics
 from merlib.config import DataConfig, Paths, PreprocessConfig, RunConfig
 from merlib.datasets import build_index, index_hash
 from merlib.files import atomic_write_text
-from merlib.options import make_run_config, train_command
+from merlib.options import make_run_config, seed_configs, sibling, train_command
 from merlib.registry import BASELINES, DATASETS, VARIANT_ORDER, VARIANTS
+
+
+# The paper's Tables 5-6 and Figure 6 columns, in its order.
+PAPER_DATASETS = ("casme2", "samm", "smic", "megc")
 
 
 class MissingRun(FileNotFoundError):
@@ -33,6 +37,9 @@ def data_root(data: DataConfig, paths: Paths | None = None, *, generate: bool = 
     """The folder ``data`` is read from. SynthME's is under ``MERLIB_DATA`` (named by preset,
     layout and seed) and generated there on first use (generation is cached by its marker)."""
     if data.dataset != "synthme":
+        if not data.root:
+            raise ValueError(f"dataset {data.dataset!r} needs a data root (--data-root): the "
+                             f"licensed datasets are not shipped with merlib")
         return Path(data.root).expanduser().resolve()
     paths = paths or Paths.from_env()
     root = Path(data.root) if data.root else paths.data / data.name
@@ -177,9 +184,10 @@ class Run:
     """What a notebook works on: the run configuration built from its parameters, the data and
     the output folders. Everything is computed on first use and cached."""
 
-    def __init__(self, config: RunConfig, paths: Paths | None = None) -> None:
+    def __init__(self, config: RunConfig, paths: Paths | None = None, *, seeds: int = 1) -> None:
         self.config = config
         self.paths = paths or Paths.from_env()
+        self.seeds = int(seeds)  # training seeds the results pool: train_seed, train_seed+1, ...
         self.started = time.time()
 
     @property
@@ -255,15 +263,28 @@ class Run:
     def run_dir(self, blocks: int | None = None) -> Path:
         return run_dir(self.config if blocks is None else self.variant(blocks), self.paths)
 
+    def _read_seeds(self, config: RunConfig) -> tuple[pd.DataFrame | None, str]:
+        """The finished seeds' pooled predictions of ``config`` (a ``train_seed`` column tells
+        them apart), and the command for the missing ones ('' when none is)."""
+        found, missing = [], []
+        for cfg in seed_configs(config, self.seeds):
+            try:
+                found.append(read_run(cfg, self.paths)[0].assign(train_seed=cfg.train.seed))
+            except MissingRun:
+                missing.append(train_command(cfg))
+        return (pd.concat(found, ignore_index=True) if found else None), "\n  ".join(missing)
+
     def results(self, blocks=VARIANT_ORDER) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
-        """Pooled predictions of each finished variant, and for each missing one the command
-        that trains it. Only reads: a results notebook never trains behind the reader's back."""
+        """Pooled predictions of each finished variant (all its finished seeds), and for each
+        variant with a missing seed the commands that train it. Only reads: a results notebook
+        never trains behind the reader's back."""
         preds, missing = {}, {}
         for k in blocks:
-            try:
-                preds[k] = read_run(self.variant(k), self.paths)[0]
-            except MissingRun:
-                missing[k] = train_command(self.variant(k))
+            pred, commands = self._read_seeds(self.variant(k))
+            if pred is not None:
+                preds[k] = pred
+            if commands:
+                missing[k] = commands
         return preds, missing
 
     def baseline(self, net: str) -> RunConfig:
@@ -275,10 +296,11 @@ class Run:
         preds, missing = {}, {}
         allowed = DATASETS[self.config.data.dataset].baselines
         for net in BASELINES if allowed is None else allowed:
-            try:
-                preds[net] = read_run(self.baseline(net), self.paths)[0]
-            except MissingRun:
-                missing[net] = train_command(self.baseline(net))
+            pred, commands = self._read_seeds(self.baseline(net))
+            if pred is not None:
+                preds[net] = pred
+            if commands:
+                missing[net] = commands
         return preds, missing
 
     def oracle(self, preds: dict[int, pd.DataFrame],
@@ -288,10 +310,28 @@ class Run:
         valid result; ``metrics.oracle_metrics``)."""
         from merlib.report.tables import oracle_table
 
-        runs = [(VARIANTS[k], p, read_epoch_probs(self.variant(k), self.paths)) for k, p in preds.items()]
-        runs += [(net, p, read_epoch_probs(self.baseline(net), self.paths))
+        from merlib.report.tables import first_seed
+
+        runs = [(VARIANTS[k], first_seed(p), read_epoch_probs(self.variant(k), self.paths))
+                for k, p in preds.items()]
+        runs += [(net, first_seed(p), read_epoch_probs(self.baseline(net), self.paths))
                  for net, p in baseline_preds.items()]
         return oracle_table([r for r in runs if r[2] is not None])
+
+    def paper_runs(self) -> dict[str, "Run"]:
+        """The runs of the paper's four datasets (CASME II, SAMM, SMIC, MEGC) with this run's
+        options: for SynthME its four layouts (same preset and seed), else the four datasets.
+        Read only: their folders are found by name, so no data root is needed."""
+        d = self.config.data
+        changes = ({name: {"synth_layout": name} for name in PAPER_DATASETS} if self.synthetic
+                   else {name: {"dataset": name, "data_root": ""} for name in PAPER_DATASETS})
+        return {DATASETS[name].title: Run(sibling(self.config, **c), self.paths, seeds=self.seeds)
+                for name, c in changes.items() if d.dataset in ("synthme", *PAPER_DATASETS)}
+
+    def division_table(self) -> pd.DataFrame | None:
+        """The paper's division table (1-4) notebook 01 wrote for this run, or None."""
+        found = sorted(self.tables_dir.glob("table[1-4]_division.csv"))
+        return pd.read_csv(found[0], keep_default_na=False) if found else None
 
     def weights_used(self, blocks=VARIANT_ORDER) -> str:
         """The VGG16 weights the finished variants were trained on, as their configs record."""
@@ -307,4 +347,4 @@ def open_run(**options) -> Run:
     """The notebooks' one setup call: their parameters (``merlib.options.OPTIONS``) in, a
     :class:`Run` out. Notebooks always run their folds here (``local``); they never start a
     cluster."""
-    return Run(make_run_config(**options))
+    return Run(make_run_config(**options), seeds=options.get("seeds", 1))

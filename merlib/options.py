@@ -62,6 +62,8 @@ OPTIONS = {o.name: o for o in (
     Option("inputs", "", '"": the profile\'s (quick: onset_delta, paper: frames) | '
            + " | ".join(INPUTS), "train.inputs", choices=("", *INPUTS), keeps_profile=True),
     Option("train_seed", 0, "seed of the trainable weights and batches", "train.seed"),
+    Option("seeds", 1, "training seeds train_seed, train_seed+1, ...: each is trained (merlib "
+           "train, reproduce) and the results tables show their mean, sd and range"),
     Option("model", "mernet", "mernet (the paper) | " + " | ".join(NETS[1:]) + " (Table 6 "
            "baselines)", "train.net", choices=NETS),
     Option("keep_checkpoints", False, "keep each fold's last checkpoint (off: predictions and "
@@ -97,9 +99,11 @@ def for_notebooks(options: dict) -> dict:
 
 # --------------------------------------------------------------------------- building a config
 
-def make_run_config(*, executor: ExecutorConfig | None = None, **options) -> RunConfig:
+def make_run_config(*, executor: ExecutorConfig | None = None, require_root: bool = True,
+                    **options) -> RunConfig:
     """The run configuration from flat options (:data:`OPTIONS`; a missing one takes its
-    default). Unknown names are refused, like a setting of the wrong type."""
+    default). Unknown names are refused, like a setting of the wrong type. ``seeds`` is not part
+    of one run: it says how many runs (``seed_configs``)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}; the options are "
@@ -109,13 +113,35 @@ def make_run_config(*, executor: ExecutorConfig | None = None, **options) -> Run
         raise ValueError(f"profile must be one of {PROFILE_NAMES}, got {v['profile']!r}")
     data = DataConfig(dataset=v["dataset"], root=str(v["data_root"] or ""),
                       preset=v["synth_preset"], layout=v["synth_layout"], seed=v["synth_seed"])
+    if require_root and data.dataset != "synthme" and not data.root:
+        raise ValueError(f"dataset {data.dataset!r} needs a data root (--data-root): the "
+                         f"licensed datasets are not shipped with merlib")
     prep, train = dataset_defaults(data, v["profile"])
     prep = dataclasses.replace(prep, apex=apex_for(data.loader, v["apex"]), scheme=v["scheme"])
     config = RunConfig(data, prep, train, executor or ExecutorConfig())
+    if int(v["seeds"]) < 1:
+        raise ValueError(f"seeds must be >= 1, got {v['seeds']}")
     settings = {o.target: v[name] for name, o in OPTIONS.items()
                 if o.target.startswith("train.") and name != "profile"
                 and not (o.keeps_profile and not v[name])}
     return with_overrides(config, {**settings, **dict(v["overrides"] or {})})
+
+
+def sibling(config: RunConfig, **data_options) -> RunConfig:
+    """``config`` on other data (``dataset``, ``synth_layout``, ...): every option and ``--set``
+    setting kept, the new data's own defaults (its apex source, say) where ``config`` had its
+    data's defaults. The data root may stay empty: a sibling is read, not trained (no root
+    check)."""
+    params = {name: _get(config, o.target) for name, o in OPTIONS.items() if o.target}
+    params["apex"] = "annotated" if config.preprocess.apex == apex_for(config.data.loader) else config.preprocess.apex
+    base = make_run_config(**params, require_root=False)
+    extra = {k: v for k, v in flat_diff(config.identity(), base.identity()) if not k.startswith("data.")}
+    return make_run_config(**{**params, **data_options}, overrides=extra, require_root=False)
+
+
+def seed_configs(config: RunConfig, seeds: int) -> list[RunConfig]:
+    """``config`` with training seeds train_seed, train_seed+1, ...: one run each."""
+    return [with_overrides(config, {"train.seed": config.train.seed + i}) for i in range(int(seeds))]
 
 
 def _get(config: RunConfig, target: str):

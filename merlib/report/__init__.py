@@ -6,10 +6,11 @@ module of its concern.
 """
 from merlib.registry import VARIANTS
 from merlib.report.figures import (FigureView, confusion_grid, face_sheet, figure2, figure5, figure6,
+                                   figure6_paper,
                                    loss_curves, show, tim_strip)
 from merlib.report.provenance import (Provenance, may_keep_faces, provenance_table, relative_paths,
                                       write_figure, write_table)
-from merlib.report.tables import (apex_error_table, calibration_table, class_division,
+from merlib.report.tables import (across_datasets, apex_error_table, calibration_table, class_division,
                                   device_check_summary, division_report, excluded_and_bad, face_routes, flags_summary,
                                   for_display,
                                   megc_division, oracle_table, paper_reference, per_source_table,
@@ -17,9 +18,9 @@ from merlib.report.tables import (apex_error_table, calibration_table, class_div
                                   table6,
                                   usable)
 
-__all__ = ["FigureView", "Provenance", "VARIANTS", "apex_error_table", "calibration_table",
+__all__ = ["FigureView", "across_datasets", "Provenance", "VARIANTS", "apex_error_table", "calibration_table",
            "class_division", "device_check_summary", "confusion_grid", "division_report", "excluded_and_bad",
-           "face_routes", "face_sheet", "figure2", "figure5", "figure6", "flags_summary",
+           "face_routes", "face_sheet", "figure2", "figure5", "figure6", "figure6_paper", "flags_summary",
            "for_display", "loss_curves", "may_keep_faces", "megc_division", "oracle_table",
            "paper_reference", "per_source_table", "preprocess_summary", "profile_label",
            "provenance_table", "relative_paths", "show", "status_summary", "synth_knobs", "table5", "table6",

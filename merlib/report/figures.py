@@ -36,21 +36,44 @@ def figure6(preds: dict[int, pd.DataFrame], *, title: str):
     return confusion_grid({VARIANTS[k]: preds[k] for k in VARIANT_ORDER if k in preds}, title=title)
 
 
-def confusion_grid(preds: dict[str, pd.DataFrame], *, title: str):
-    """One confusion matrix per named set of pooled predictions, side by side."""
+def figure6_paper(preds: dict[str, dict[int, pd.DataFrame]], *, title: str):
+    """Figure 6 as the paper arranges it: a row per dataset (CASME II, SAMM, SMIC, MEGC), a
+    column per variant (Without, 24, 10 IBs), panels lettered (a)-(l) row by row; a missing run
+    leaves its panel empty."""
+    rows = {name: {VARIANTS[k]: p[k] if k in p else None for k in VARIANT_ORDER}
+            for name, p in preds.items()}
+    return confusion_grid(rows, title=title, letters=True)
+
+
+def confusion_grid(preds: dict, *, title: str, letters: bool = False):
+    """Confusion matrices of named sets of pooled predictions: one row of them, or, given
+    {row name: {column name: predictions or None}}, a grid. A run of several training seeds
+    shows its first seed's."""
     import seaborn as sns
 
     from merlib.metrics import compute_metrics, confusion
+    from merlib.report.tables import first_seed
 
-    fig, axes = _figure(1, max(len(preds), 1), figsize=(4.2 * max(len(preds), 1), 3.8), squeeze=False)
-    for ax, (name, p) in zip(axes[0], preds.items()):
-        cm = confusion(p["y_true"], p["y_pred"])
-        m = compute_metrics(p["y_true"], p["y_pred"])
-        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True)
-        ax.set_title(f"{name}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
-                     fontsize=10)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+    rows = preds if preds and all(isinstance(v, dict) for v in preds.values()) else {"": preds}
+    n_cols = max([len(r) for r in rows.values()] + [1])
+    fig, axes = _figure(len(rows), n_cols, figsize=(4.2 * n_cols, 3.8 * len(rows)), squeeze=False)
+    letter = iter("abcdefghijklmnopqrstuvwxyz")
+    for row_axes, (row_name, row) in zip(axes, rows.items()):
+        for ax, (name, p) in zip(row_axes, row.items()):
+            label = f"({next(letter)}) " if letters else ""
+            head = f"{label}{row_name} {name}".strip()
+            if p is None:
+                ax.set_axis_off()
+                ax.set_title(f"{head}\n(not trained)", fontsize=10)
+                continue
+            p = first_seed(p)
+            cm = confusion(p["y_true"], p["y_pred"])
+            m = compute_metrics(p["y_true"], p["y_pred"])
+            sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True)
+            ax.set_title(f"{head}\nAcc {m['acc']:.3f}  UF1 {m['uf1']:.3f}  UAR {m['uar']:.3f}",
+                         fontsize=10)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig

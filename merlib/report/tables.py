@@ -150,10 +150,34 @@ def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
     return label
 
 
-def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
-    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5."""
+def seeded_metrics(pred: pd.DataFrame) -> dict:
+    """Pooled Acc / UF1 / UAR of a run's predictions: with several training seeds (the
+    ``train_seed`` column), each seed's pooled metrics and their mean as the value, with the
+    standard deviation and the range beside it, and which seeds; one seed's own otherwise. A
+    single seed's number overstates what it knows: see the spread before comparing variants."""
     from merlib.metrics import compute_metrics
 
+    groups = list(pred.groupby("train_seed")) if "train_seed" in pred else [(None, pred)]
+    per = pd.DataFrame([compute_metrics(g["y_true"], g["y_pred"]) for _, g in groups])
+    out = {"n": int(per["n"].iloc[0])}
+    if groups[0][0] is not None:
+        out["seeds"] = ",".join(str(int(s)) for s, _ in groups)
+    for met in METRICS:
+        out[METRIC_LABEL[met]] = float(per[met].mean())
+        if len(per) > 1:
+            out[f"{METRIC_LABEL[met]} sd"] = float(per[met].std(ddof=1))
+            out[f"{METRIC_LABEL[met]} range"] = f"{per[met].min():.3f}-{per[met].max():.3f}"
+    return out
+
+
+def first_seed(pred: pd.DataFrame) -> pd.DataFrame:
+    """The predictions of a run's first training seed (a figure shows one seed's predictions)."""
+    return pred[pred["train_seed"] == pred["train_seed"].min()] if "train_seed" in pred else pred
+
+
+def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
+    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5; with
+    several training seeds, their mean, sd and range (:func:`seeded_metrics`)."""
     ref_ds, comparable = paper_reference(dataset, source)
     ref = paper.table5()
     ref = ref[ref["dataset"] == ref_ds].set_index(["blocks", "metric"])["value"]
@@ -161,16 +185,14 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
     for k in VARIANT_ORDER:
         if k not in preds:
             continue
-        m = compute_metrics(preds[k]["y_true"], preds[k]["y_pred"])
+        m = seeded_metrics(preds[k])
         row = {"variant": VARIANTS[k], "profile": profile_label(preds[k], profile),
                **({"input": DATASETS[dataset].note} if DATASETS[dataset].note else {}),
-               "clips": int(m["n"])}
-        for met in METRICS:
-            row[METRIC_LABEL[met]] = m[met]
+               "clips": m.pop("n"), **m}
         for met in METRICS:
             row[f"paper {METRIC_LABEL[met]}"] = ref[(k, met)]
             if comparable:
-                row[f"diff {METRIC_LABEL[met]}"] = m[met] - ref[(k, met)]
+                row[f"diff {METRIC_LABEL[met]}"] = m[METRIC_LABEL[met]] - ref[(k, met)]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -182,8 +204,6 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     which is which, so the two can never be confused. Each measured baseline follows the paper's
     row of the same method (``paper_row`` in ``merlib.registry.BASELINES``); one the paper does
     not list (STSTNet) comes last."""
-    from merlib.metrics import compute_metrics
-
     ref_ds, _ = paper_reference(dataset, source)
     t6 = paper.table6()
     t6 = t6[t6["dataset"] == ref_ds].assign(
@@ -197,10 +217,14 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     wide["origin"] = f"reported ({ref_ds} column of the paper)"
 
     def measured(name: str, pred: pd.DataFrame) -> dict:
-        m = compute_metrics(pred["y_true"], pred["y_pred"])
-        return {"method": name, "ref": "", "Acc": m["acc"], "UF1": m["uf1"], "UAR": m["uar"],
+        m = seeded_metrics(pred)
+        seeds = f"; seeds {m['seeds']}" if "seeds" in m else ""
+        spread = ("; " + ", ".join(f"{k.split()[0]} sd {m[k]:.3f}" for k in m if k.endswith(" sd"))
+                  if any(k.endswith(" sd") for k in m) else "")
+        return {"method": name, "ref": "", "Acc": m["Acc"], "UF1": m["UF1"], "UAR": m["UAR"],
                 "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset}"
-                          + (f"; {DATASETS[dataset].note}" if DATASETS[dataset].note else "") + ")"}
+                          + (f"; {DATASETS[dataset].note}" if DATASETS[dataset].note else "")
+                          + seeds + spread + ")"}
 
     extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
     tail = []
@@ -212,6 +236,13 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
     for rec in wide.to_dict(orient="records"):
         rows += [rec, *extra.get(rec["method"], [])]
     return pd.DataFrame(rows + tail, columns=wide.columns)
+
+
+def across_datasets(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One table per dataset (its title -> table) as one, the dataset in the first column; the
+    paper's Tables 5 and 6 over CASME II, SAMM, SMIC and MEGC."""
+    frames = [t.assign(dataset=name)[["dataset", *t.columns]] for name, t in tables.items() if len(t)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def oracle_table(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
@@ -234,13 +265,14 @@ def oracle_table(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
 
 
 def per_source_table(preds: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """MEGC: metrics of each source's subset of the pooled predictions, per variant."""
+    """MEGC: metrics of each source's subset of the pooled predictions, per variant (the first
+    training seed's)."""
     from merlib.metrics import metrics_table
 
     frames = []
     for k in VARIANT_ORDER:
         if k in preds:
-            t = metrics_table(preds[k], by="source").reset_index()
+            t = metrics_table(first_seed(preds[k]), by="source").reset_index()
             t.insert(0, "variant", VARIANTS[k])
             frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
