@@ -325,8 +325,10 @@ class Run:
         d = self.config.data
         changes = ({name: {"synth_layout": name} for name in PAPER_DATASETS} if self.synthetic
                    else {name: {"dataset": name, "data_root": ""} for name in PAPER_DATASETS})
+        if d.dataset not in ("synthme", *PAPER_DATASETS):
+            return {}  # a dataset outside the paper's four (the public release): notebook 05
         return {DATASETS[name].title: Run(sibling(self.config, **c), self.paths, seeds=self.seeds)
-                for name, c in changes.items() if d.dataset in ("synthme", *PAPER_DATASETS)}
+                for name, c in changes.items()}
 
     def division_table(self) -> pd.DataFrame | None:
         """The paper's division table (1-4) notebook 01 wrote for this run, or None."""

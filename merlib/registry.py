@@ -75,9 +75,14 @@ SYNTH_PRESETS = ("tiny", "demo", "megc")
 
 
 def dataset(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {name!r}")
-    return DATASETS[name]
+    """The entry of a dataset named by itself or by its loader (``megc_public``), as a SynthME
+    layout or an index's source names its format."""
+    if name in DATASETS:
+        return DATASETS[name]
+    for entry in DATASETS.values():
+        if entry.loader == name:
+            return entry
+    raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {name!r}")
 
 
 # --------------------------------------------------------------------------- baselines

@@ -103,3 +103,20 @@ def test_the_gpu_checks_summary_reads_a_committed_result(tmp_path):
     text = report.device_check_summary(tmp_path)
     assert "NVIDIA H200" in text and "120.0 clips/s" in text and "7% of the measured" in text
     assert "40 epochs, true labels: UF1 0.610" in text
+
+
+def test_results_pool_every_finished_seed_and_name_the_missing_ones(tmp_path):
+    from merlib.config import Paths
+    from merlib.experiment import Run
+
+    paths = Paths(data=tmp_path / "data", cache=tmp_path / "cache", out=tmp_path / "out")
+    run = Run(open_run(synth_preset="demo", seeds=3).config, paths, seeds=3)
+    for seed in (0, 2):
+        d = Run(open_run(synth_preset="demo", train_seed=seed).config, paths).run_dir(10)
+        d.mkdir(parents=True)
+        _pred(99, 3).drop(columns="train_seed").to_csv(d / "predictions.csv", index=False)
+        (d / "metrics.json").write_text("{}")
+        (d / "config.json").write_text("{}")
+    preds, missing = run.results(blocks=(10,))
+    assert sorted(preds[10]["train_seed"].unique()) == [0, 2]
+    assert "--train-seed 1" in missing[10] and "--train-seed 2" not in missing[10]

@@ -9,6 +9,7 @@ import pandas as pd
 
 from merlib import paper
 from merlib.registry import BASELINES, CLASSES, DATASETS, SOURCES, VARIANT_ORDER, VARIANTS
+from merlib.registry import dataset as dataset_entry
 from merlib.files import atomic_write_text
 from merlib.report.provenance import Provenance, relative_paths, write_table
 
@@ -106,8 +107,8 @@ def division_report(index: pd.DataFrame, *, dataset: str, source: str, out_dir: 
                                        "flags": flags_summary(index),
                                        "unusable_rows": excluded_and_bad(index)}
     comparable = paper_reference(dataset, source)[1]
-    paper_table = DATASETS[source].paper_table
-    division = (megc_division(index) if len(DATASETS[source].sources) > 1
+    paper_table = dataset_entry(source).paper_table
+    division = (megc_division(index) if len(dataset_entry(source).sources) > 1
                 else class_division(index, paper_source=source, comparable=comparable))
     names = {"status": "index_status", "flags": "index_flags", "unusable_rows": "unusable_rows",
              "division": f"table{paper_table}_division"}
@@ -133,7 +134,7 @@ def paper_reference(dataset: str, source: str) -> tuple[str, bool]:
     layout it was written in, for reference only: the numbers measure different data.
     """
     if DATASETS[dataset].synthetic:
-        return DATASETS[source].paper_column, False
+        return dataset_entry(source).paper_column, False
     return DATASETS[dataset].paper_column, True
 
 
