@@ -99,10 +99,12 @@ def test_the_gpu_checks_summary_reads_a_committed_result(tmp_path):
         "provenance": {"commit": "abc123def4567", "dataset": "synthme-demo-casme2-seed0"},
         "step_figures": [{"variant": "10 IBs", "batch": 16, "train clips/s": 120.0,
                           "achieved TFLOP/s": 54.1, "% of measured bf16 peak": 7.2}],
-        "loso": {"true": {"pooled": {"uf1": 0.61, "uar": 0.6, "acc": 0.7}}}}))
+        "loso": {"true": {"pooled": {"uf1": 0.61, "uar": 0.6, "acc": 0.7}, "majority_class_share": 0.55,
+                          "mean_loss_per_epoch": [1.1, 0.9, 0.7]}}}))
     text = report.device_check_summary(tmp_path)
     assert "NVIDIA H200" in text and "120.0 clips/s" in text and "7% of the measured" in text
     assert "40 epochs, true labels: UF1 0.610" in text
+    assert "(majority class 0.550 of clips)" in text and "loss 1.100 -> 0.700" in text
 
 
 def test_results_pool_every_finished_seed_and_name_the_missing_ones(tmp_path):

@@ -391,6 +391,12 @@ def device_check_summary(root: Path | None = None) -> str:
                 if step.get("% of measured bf16 peak") else "")]
     for kind, run in r["loso"].items():
         p = run["pooled"]
-        lines.append(f"paper profile on {prov['dataset']}, 10 IBs, {r['epochs']} epochs, {kind} labels: "
-                     f"UF1 {p['uf1']:.3f}, UAR {p['uar']:.3f}, Acc {p['acc']:.3f}")
+        line = (f"paper profile on {prov['dataset']}, 10 IBs, {r['epochs']} epochs, {kind} labels: "
+                f"UF1 {p['uf1']:.3f}, UAR {p['uar']:.3f}, Acc {p['acc']:.3f}")
+        if "majority_class_share" in run:
+            line += f" (majority class {run['majority_class_share']:.3f} of clips)"
+        losses = run.get("mean_loss_per_epoch") or []
+        if len(losses) > 1:
+            line += f"; mean training loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        lines.append(line)
     return "\n".join(lines)
