@@ -341,6 +341,9 @@ class RunConfig:
         d = self.to_dict()
         d.pop("executor")
         d["train"].pop("loader_workers")
+        if self.data.synth is None:  # SynthME's knobs say nothing about a real dataset's run
+            for key in ("preset", "layout", "seed"):
+                d["data"].pop(key)
         return d
 
     @classmethod

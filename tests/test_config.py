@@ -77,6 +77,16 @@ def test_config_changes_name_each_changed_setting():
                                     "train.epochs: 5 -> 2"]
 
 
+def test_synthme_knobs_are_not_part_of_a_real_datasets_identity(tmp_path):
+    # A real run resumed from a notebook (preset 'tiny') and from the CLI (preset 'demo') is the
+    # same experiment; for SynthME the preset is the data.
+    real = [make_run_config(dataset="casme2", data_root=str(tmp_path), synth_preset=p).identity()
+            for p in ("tiny", "demo")]
+    assert real[0] == real[1] and "preset" not in real[0]["data"]
+    synth = [make_run_config(synth_preset=p).identity() for p in ("tiny", "demo")]
+    assert config_changes(synth[0], synth[1]) == ["data.preset: 'tiny' -> 'demo'"]
+
+
 def test_real_datasets_need_a_root():
     with pytest.raises(ValueError, match="data root"):
         make_run_config(dataset="casme2")

@@ -66,9 +66,12 @@ def test_list_notebooks_sorted_and_only_ipynb(tmp_path):
     assert [p.name for p in lc.list_notebooks(tmp_path)] == ["01_a.ipynb", "05_b.ipynb"]
 
 
-def test_committed_notebook_list_is_the_five_notebooks():
+def test_lab_check_opens_the_notebooks_the_batch_runs():
+    from merlib.batch import notebooks
+
     names = [p.name for p in lc.list_notebooks(ROOT / "notebooks")]
-    assert names == sorted(names) and len(names) == 5 and names[0].startswith("01_")
+    assert names == [p.name for p in notebooks(ROOT / "notebooks")]
+    assert [n[:3] for n in names] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 def test_pinned_version_reads_the_requirements_pin():

@@ -252,3 +252,13 @@ def test_figure2_plots_the_stored_identification_points(tmp_path):
     np.testing.assert_allclose(fig.axes[2].collections[0].get_offsets(), stored["ip24"][0])
     np.testing.assert_allclose(fig.axes[3].collections[0].get_offsets(), stored["ip10"][0])
     assert len(report.figure2(tmp_path / "clip.npz", scheme="gacnn24", compare="gacnn24").axes) == 4
+
+
+@pytest.mark.parametrize("n_frames", [1, 10])
+def test_tim_strip_has_one_panel_per_stored_frame(tmp_path, n_frames):
+    # The public MEGC2019 release stores the apex alone: one panel, not a crash.
+    clip = tmp_path / "clip.npz"
+    np.savez(clip, frames=np.zeros((n_frames, 8, 8, 3), np.uint8))
+    fig = report.tim_strip(clip, title="s/c")
+    assert len(fig.axes) == n_frames
+    assert [a.get_title() for a in fig.axes] == [str(i + 1) for i in range(n_frames)]

@@ -119,13 +119,14 @@ def figure5(manifest: pd.DataFrame, *, n: int = 4):
 
 
 def tim_strip(clip_file: str | Path, *, title: str = ""):
-    """The 10 TIM frames (onset -> apex) of one clip, aligned to 224x224."""
+    """The 10 TIM frames (onset -> apex) of one clip, aligned to 224x224; a single-frame dataset's
+    clip (the public MEGC2019 release: the apex alone) gives one panel."""
     import numpy as np
 
     with np.load(clip_file) as z:
         frames = z["frames"]
-    fig, axes = _figure(1, len(frames), figsize=(1.5 * len(frames), 1.8))
-    for i, (ax, f) in enumerate(zip(axes, frames)):
+    fig, axes = _figure(1, len(frames), figsize=(max(1.5 * len(frames), 2.4), 1.8), squeeze=False)
+    for i, (ax, f) in enumerate(zip(axes[0], frames)):
         ax.imshow(f)
         ax.set_axis_off()
         ax.set_title(str(i + 1), fontsize=8)
