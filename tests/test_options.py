@@ -3,6 +3,7 @@ parameters cell and open_run call, make_run_config and train_command agree with 
 from __future__ import annotations
 
 import ast
+import re
 import json
 import shlex
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_each_notebooks_parameters_are_the_options_with_their_defaults(nb):
 def test_each_notebook_hands_every_parameter_to_open_run_by_its_own_name(nb):
     names = list(_parameters(nb))
     assert _open_run_keywords(nb) == dict(zip(names, names))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_parameters_comment_names_every_choice_of_its_option(nb):
+    # The comments are what a reader edits by: a dataset added to the registry must show there.
+    cell = next(c for c in _cells(nb) if "parameters" in c.get("metadata", {}).get("tags", []))
+    for line in "".join(cell["source"]).splitlines():
+        name, _, rest = line.partition("=")
+        option = OPTIONS.get(name.strip())
+        if option is None or not option.choices or "#" not in rest:
+            continue
+        words = set(re.findall(r"[\w-]+", rest.split("#", 1)[1]))
+        missing = [c for c in option.choices if c and str(c) not in words]
+        assert not missing, f"{nb.name}: the comment of {name.strip()} lacks {missing}"
 
 
 def test_the_check_fails_when_a_notebook_drifts(tmp_path):
