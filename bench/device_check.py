@@ -52,6 +52,7 @@ from merlib.flops import analytic_flops  # noqa: E402
 from merlib.registry import VARIANTS  # noqa: E402
 
 MAX_EPOCHS = 100
+LOSO_OVERHEAD = 1.6  # measured LOSO time / step-rate estimate (H100, 2026-12-05)
 
 
 def log(msg: str) -> None:
@@ -203,19 +204,25 @@ def main() -> int:
         n, folds = len(manifest), manifest["subject"].nunique()
         fold_epoch_s = n * (folds - 1) / folds / cps  # training clips of a fold, at the measured rate
         left = args.budget_s - (time.time() - t0) - 30  # room for writing, evaluation overheads
-        epochs = 1 if args.dry_run else int(max(1, min(MAX_EPOCHS, 0.6 * left / (folds * fold_epoch_s))))
-        log(f"{folds} folds x {fold_epoch_s:.1f} s per fold-epoch: {epochs} epochs")
-        runs = {}
+        # Both runs (true and shuffled labels) must fit. LOSO costs more than its training steps
+        # (per-fold setup, evaluation): on an H100, 100 epochs x 10 folds took 309 s against 200 s
+        # from the step rate alone, hence the overhead factor.
+        per_run_epoch = folds * fold_epoch_s * LOSO_OVERHEAD
+        epochs = 1 if args.dry_run else int(max(1, min(MAX_EPOCHS, 0.45 * left / per_run_epoch)))
+        log(f"{folds} folds x {fold_epoch_s:.1f} s per fold-epoch (x{LOSO_OVERHEAD} for LOSO): {epochs} epochs")
+        runs, run_s = {}, 0.0
         for shuffled in (False, True):
             spent = time.time() - t0
-            if shuffled and not args.dry_run and spent + folds * epochs * fold_epoch_s > args.budget_s - 20:
-                log("no time left for the shuffled-label control")
+            if shuffled and not args.dry_run and spent + run_s > args.budget_s - 20:
+                log(f"no time left for the shuffled-label control (the true-label run took {run_s:.0f} s)")
                 break
+            started = time.time()
             kind = "shuffled" if shuffled else "true"
             pred, runs[kind] = loso(manifest, weights, device, epochs, shuffled, tmp / f"loso-{kind}",
                                     args.dry_run)
             pred.to_csv(out / f"predictions_{kind}.csv", index=False)
-            log(f"{kind} labels: UF1 {runs[kind]['pooled']['uf1']:.3f}")
+            run_s = time.time() - started
+            log(f"{kind} labels: UF1 {runs[kind]['pooled']['uf1']:.3f} in {run_s:.0f} s")
     result = {"dry_run": args.dry_run, "environment": env, "budget_s": args.budget_s,
               "bf16_peak_tflops": peak / 1e12 if peak else None,
               "provenance": {k: pack.get(k) for k in ("commit", "created", "dataset", "frames_per_clip",
