@@ -1,7 +1,9 @@
 """The paper's reported numbers, as data, for side-by-side views.
 
 These values are transcribed from the paper (CMC 2023, Tables 1-6) into CSV files under
-``merlib/data/paper/``; they are never used as results. Anything merlib shows as *ours* is computed.
+``merlib/data/paper/``, with ``literature_megc.csv``: other methods' numbers on the MEGC2019
+composite as their own papers report them. They are never used as results. Anything merlib shows
+as *ours* is computed.
 """
 from __future__ import annotations
 
@@ -54,3 +56,9 @@ def table5() -> pd.DataFrame:
 def table6() -> pd.DataFrame:
     """Paper Table 6 in long form: method, ref, dataset, metric, value (NaN where '—')."""
     return _read("table6.csv")
+
+
+def literature_megc() -> pd.DataFrame:
+    """UF1 and UAR that other papers report on the MEGC2019 composite (all 442 clips, LOSO),
+    with the input each method used and the source: method, uf1, uar, input, source."""
+    return _read("literature_megc.csv")

@@ -269,3 +269,24 @@ def test_a_manifest_without_face_routes_still_loads(tmp_path):
     path.write_text("dataset,source,subject,clip,label,stage,status,reason,file,apex_source\n"
                     "casme2,casme2,sub01,EP02_01f,positive,preprocess,ok,,/x.npz,annotated\n")
     assert load_manifest(path)["face_route"].tolist() == [""]
+
+
+def test_the_public_release_table_keeps_reported_rows_once_and_each_profile_under_them():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "megc_public_bench", Path(__file__).resolve().parents[1] / "bench" / "megc_public_results.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cols = ["method", "ref", "Acc", "UF1", "UAR", "origin"]
+
+    def row(method, origin, uf1=0.5):
+        return {"method": method, "ref": "", "Acc": 0.6, "UF1": uf1, "UAR": 0.5, "origin": origin}
+
+    reported = [row("STSTNet", "reported by its authors"), row("HTNet", "reported by its authors")]
+    quick = pd.DataFrame([reported[0], row("ststnet", "measured here (quick profile)"), reported[1]], columns=cols)
+    paper = pd.DataFrame([reported[0], row("ststnet", "measured here (paper profile)"), reported[1]], columns=cols)
+    t = bench.merged([quick, paper])
+    assert t["origin"].tolist() == ["reported by its authors", "measured here (quick profile)",
+                                    "measured here (paper profile)", "reported by its authors"]
+    assert t["method"].tolist() == ["STSTNet", "ststnet", "ststnet", "HTNet"]

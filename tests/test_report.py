@@ -154,9 +154,21 @@ def test_table6_puts_each_measured_baseline_under_the_reported_method(three_vari
     t = report.table6(None, dataset="megc", source="megc", profile="quick", baselines=base)
     methods = t["method"].tolist()
     assert methods[methods.index("LBP-TOP") + 1] == "lbptop-svm"
-    assert methods[-1] == "ststnet"  # not in the paper's Table 6: last, measured only
+    # not in the paper's Table 6, but reported on the composite by its authors: after the paper's
+    # rows, under its authors' number
+    assert methods[methods.index("STSTNet") + 1] == "ststnet"
+    assert methods.index("STSTNet") > methods.index("Our (10 IBs)")
     assert (t.loc[t["method"].isin(base), "origin"] == "measured here (quick profile, megc)").all()
-    assert t["origin"].str.startswith("reported").sum() == 9
+    assert t["origin"].str.startswith("reported (megc column of the paper)").sum() == 9
+    by_authors = t[t["origin"].str.startswith("reported by its authors")]
+    assert by_authors["method"].tolist() == ["OFF-ApexNet", "STSTNet", "HTNet"]
+    assert by_authors["Acc"].isna().all() and (by_authors["UF1"] > 0.7).all()
+    # the paper's own OFF-ApexNet row (no megc figure) is followed by its authors' figure
+    assert methods[methods.index("OFF-ApexNet") + 1] == "OFF-ApexNet"
+    # on CASME II no literature rows: a method the paper does not list comes last
+    t2 = report.table6(None, dataset="casme2", source="casme2", profile="quick", baselines=base)
+    assert t2["method"].tolist()[-1] == "ststnet"
+    assert not t2["origin"].str.startswith("reported by its authors").any()
 
 
 def test_per_source_subsets_of_pooled_predictions():

@@ -222,21 +222,41 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
         seeds = f"; seeds {m['seeds']}" if "seeds" in m else ""
         spread = ("; " + ", ".join(f"{k.split()[0]} sd {m[k]:.3f}" for k in m if k.endswith(" sd"))
                   if any(k.endswith(" sd") for k in m) else "")
+        entry = DATASETS[dataset]
+        if name in BASELINES and BASELINES[name].net and entry.flow_from == "file":
+            note = "flow images of the release"  # the input its authors used, not the apex frame
+        else:
+            note = entry.note
         return {"method": name, "ref": "", "Acc": m["Acc"], "UF1": m["UF1"], "UAR": m["UAR"],
                 "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset}"
-                          + (f"; {DATASETS[dataset].note}" if DATASETS[dataset].note else "")
-                          + seeds + spread + ")"}
+                          + (f"; {note}" if note else "") + seeds + spread + ")"}
 
+    # On the composite, other papers' own numbers (paper.literature_megc) sit under the paper's
+    # row of the same method, or after the paper's rows when it does not list the method.
+    literature = {}
+    if ref_ds == "megc":
+        for r in paper.literature_megc().to_dict(orient="records"):
+            literature[r["method"]] = {"method": r["method"], "ref": "", "Acc": float("nan"),
+                                       "UF1": r["uf1"], "UAR": r["uar"],
+                                       "origin": f"reported by its authors: {r['source']}"}
     extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
-    tail = []
+    for method, row in literature.items():
+        extra.setdefault(method, []).append(row)
+    tail = [m for m in literature if m not in set(wide["method"])]
     for net, pred in (baselines or {}).items():
         row = measured(net, pred)
-        paper_row = BASELINES[net].paper_row
-        (extra.setdefault(paper_row, []) if paper_row else tail).append(row)
+        home = BASELINES[net].paper_row or next((m for m in literature if m.lower() == net), None)
+        if home is None:
+            tail.append(net)
+            extra[net] = [row]
+        else:
+            extra.setdefault(home, []).append(row)
     rows = []
     for rec in wide.to_dict(orient="records"):
         rows += [rec, *extra.get(rec["method"], [])]
-    return pd.DataFrame(rows + tail, columns=wide.columns)
+    for method in tail:
+        rows += extra.get(method, [])
+    return pd.DataFrame(rows, columns=wide.columns)
 
 
 def across_datasets(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
