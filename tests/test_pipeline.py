@@ -394,6 +394,9 @@ def test_apex_report_scores_the_detected_apex_against_synthme_ground_truth(proce
                                    check_names=False)
     # without the SynthME folder there is nothing to score against; a real dataset has no truth
     assert list(report.apex_error_table(processed["manifest"])["reference"]) == ["annotated apex"]
+    # a clip of one frame (the public MEGC2019 release) has no apex to find: no error of 0 counted
+    single = processed["manifest"].assign(n_frames_span=1)
+    assert report.apex_error_table(single).empty
     with pytest.raises(ValueError, match="not a SynthME folder"):
         report.usable(processed["manifest"], groundtruth_root=synth_root / "sub01")
 

@@ -316,9 +316,13 @@ def apex_error_table(manifest: pd.DataFrame, *,
     """Detected apex (Eqs. 16-17) against the annotated apex, and, given ``groundtruth_root`` (the
     SynthME folder the manifest was made from), against SynthME's ground truth.
 
-    Errors are in frames and as a fraction of the onset-offset span.
+    Errors are in frames and as a fraction of the onset-offset span. A clip of one frame (the
+    public MEGC2019 release: the apex alone) has no apex to find and is left out; a dataset of
+    only such clips gives an empty table.
     """
     ok = usable(manifest, groundtruth_root=groundtruth_root)
+    if "n_frames_span" in ok:
+        ok = ok[ok["n_frames_span"].fillna(2) > 1]
     rows = []
     for ref, abs_col, rel_col in (("annotated apex", "apex_abs_err", "apex_rel_err"),
                                   ("ground truth (SynthME)", "gt_abs_err", "gt_rel_err")):
