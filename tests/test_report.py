@@ -245,7 +245,7 @@ def test_tables_name_a_non_paper_input_representation(three_variants):
     t5 = report.table5(runs, dataset="synthme", source="casme2", profile="quick")
     assert (t5["profile"] == "quick (onset-delta maps)").all()
     t6 = report.table6(runs[10], dataset="synthme", source="casme2", profile="quick")
-    assert t6.iloc[-1]["origin"] == "measured here (quick (onset-delta maps) profile, synthme)"
+    assert t6.iloc[-1]["origin"] == "measured here (quick profile (onset-delta maps), synthme)"
     paper_inputs = {k: p.assign(inputs="frames") for k, p in three_variants.items()}
     assert (report.table5(paper_inputs, dataset="casme2", source="casme2",
                           profile="paper")["profile"] == "paper").all()

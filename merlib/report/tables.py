@@ -151,6 +151,13 @@ def profile_label(pred: pd.DataFrame | None, profile: str) -> str:
     return label
 
 
+def with_profile(label: str) -> str:
+    """"quick (onset-delta maps)" -> "quick profile (onset-delta maps)", "quick, 25 of ..." ->
+    "quick profile, 25 of ...": the word "profile" after the profile's name."""
+    cut = min((i for i in (label.find(" ("), label.find(", ")) if i >= 0), default=len(label))
+    return f"{label[:cut]} profile{label[cut:]}"
+
+
 def seeded_metrics(pred: pd.DataFrame) -> dict:
     """Pooled Acc / UF1 / UAR of a run's predictions: with several training seeds (the
     ``train_seed`` column), each seed's pooled metrics and their mean as the value, with the
@@ -219,7 +226,7 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
 
     def measured(name: str, pred: pd.DataFrame) -> dict:
         m = seeded_metrics(pred)
-        seeds = f"; seeds {m['seeds']}" if "seeds" in m else ""
+        seeds = (f"; seed{'s' if ',' in m['seeds'] else ''} {m['seeds']}") if "seeds" in m else ""
         spread = ("; " + ", ".join(f"{k.split()[0]} sd {m[k]:.3f}" for k in m if k.endswith(" sd"))
                   if any(k.endswith(" sd") for k in m) else "")
         entry = DATASETS[dataset]
@@ -228,7 +235,7 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
         else:
             note = entry.note
         return {"method": name, "ref": "", "Acc": m["Acc"], "UF1": m["UF1"], "UAR": m["UAR"],
-                "origin": f"measured here ({profile_label(pred, profile)} profile, {dataset}"
+                "origin": f"measured here ({with_profile(profile_label(pred, profile))}, {dataset}"
                           + (f"; {note}" if note else "") + seeds + spread + ")"}
 
     # On the composite, other papers' own numbers (paper.literature_megc) sit under the paper's
@@ -374,12 +381,12 @@ def calibration_table(figures: dict) -> pd.DataFrame:
     """SynthME calibration (merlib.synth.calibration.calibrate) as check / measured /
     target rows: is the synthetic set a fair stand-in for a micro-expression dataset?"""
     rows = [
-        ("face found by face_recognition (HOG), sampled frames", figures["detection_rate"],
+        ("face found by face_recognition (HOG), sampled frames", f"{figures['detection_rate']:.4f}",
          ">= 0.99", figures["detection_rate"] >= 0.99),
-        ("LOSO baseline UF1 (logistic regression, apex - onset)", figures["baseline_uf1"],
+        ("LOSO baseline UF1 (logistic regression, apex - onset)", f"{figures['baseline_uf1']:.4f}",
          f"well above chance ({figures['chance_uf1']:.3f}) and < 1",
          figures["chance_uf1"] + 0.15 <= figures["baseline_uf1"] < 1.0),
-        ("largest landmark motion, px at 224 face scale", figures["max_motion_224"], "<= 6",
+        ("largest landmark motion, px at 224 face scale", f"{figures['max_motion_224']:.2f}", "<= 6",
          figures["max_motion_224"] <= 6.0),
         ("distinct people (source identities) / subjects",
          f"{figures['n_identities']} / {figures['n_subjects']}", "equal: a held-out subject is a "
