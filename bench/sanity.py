@@ -83,7 +83,7 @@ def main() -> None:
             weights = json.loads((out_dir / "config.json").read_text())["weights_used"]
             rows.append({"labels": "shuffled" if shuffle else "true", "seed": seed,
                          "seconds": round(time.time() - t0, 1), "weights": weights, **m})
-            print(f"{prepared.spec.name} blocks={args.blocks} {args.profile} {overrides or ''} "
+            print(f"{prepared.data.name} blocks={args.blocks} {args.profile} {overrides or ''} "
                   f"labels={rows[-1]['labels']} seed={seed}: UF1 {m['uf1']:.3f} UAR {m['uar']:.3f} "
                   f"Acc {m['acc']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     chance = chance_uf1(pred["y_true"].map(dict(enumerate(CLASSES))))
@@ -104,12 +104,12 @@ def main() -> None:
     summary.append({"training labels": "none: label-blind guessing at the class prior", "runs": 0,
                     "UF1 mean": chance["prior"]})
     if not args.no_table:
-        out = write_table(pd.DataFrame(summary), Paths.from_env().tables_for(prepared.spec.name),
+        out = write_table(pd.DataFrame(summary), Paths.from_env().tables_for(prepared.data.name),
                           "sanity", prov, runs=rows, chance_uf1=chance, seeds=args.seeds,
                           weights_used=sorted({r["weights"] for r in rows}))
         print(f"wrote {out['md']}")
     if args.json:
-        args.json.write_text(json.dumps({"run": prepared.spec.name, "blocks": args.blocks,
+        args.json.write_text(json.dumps({"run": prepared.data.name, "blocks": args.blocks,
                                          "profile": args.profile, "overrides": overrides,
                                          "chance_uf1": chance, "runs": rows}, indent=2) + "\n")
 

@@ -91,3 +91,20 @@ def test_reproduce_passes_the_notebooks_only_their_own_parameters():
     assert set(params) <= names, set(params) - names
     config = make_run_config(**params)
     assert config.train.checkpoints and config.train.lr == 0.001
+
+
+def test_the_sanity_check_make_reproduce_ends_with_runs_and_writes_its_table(tmp_path):
+    # `make reproduce` runs bench/sanity.py last; a break there fails the quickstart after the
+    # whole batch (it did once, after a refactor renamed an attribute).
+    env = {**os.environ, "MERLIB_DATA": str(tmp_path / "data"), "MERLIB_CACHE": str(tmp_path / "cache"),
+           "MERLIB_OUT": str(tmp_path / "out")}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "sanity.py"), "--preset", "tiny",
+                           "--seeds", "1", "--epochs", "1", "--json", str(tmp_path / "sanity.json")],
+                          env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "sanity.json").read_text())
+    assert [r["labels"] for r in record["runs"]] == ["true", "shuffled"]
+    assert record["run"] == "synthme-tiny-casme2-seed0"
+    table = next((tmp_path / "out").rglob("sanity.md")).read_text()
+    assert "shuffled inside every fold" in table and "label-blind guessing" in table
