@@ -31,7 +31,7 @@ def test_several_seeds_give_mean_sd_and_range_and_say_which():
     one = report.tables.seeded_metrics(_pred(4, 3))
     assert one["seeds"] == "4" and "Acc sd" not in one and one["Acc"] == pytest.approx(0.5)
     t5 = report.table5({10: pred}, dataset="synthme", source="casme2", profile="quick")
-    assert t5.loc[0, "UF1 sd"] > 0 and t5.loc[0, "seeds"] == "0,1,2"
+    assert t5.loc[0, "UF1 sd"] > 0 and t5.loc[0, "training seeds"] == "0,1,2"
     t6 = report.table6(pred, dataset="synthme", source="casme2", profile="quick")
     assert "seeds 0,1,2" in t6.loc[t6["method"] == "merlib 10 IBs", "origin"].item()
 

@@ -196,7 +196,9 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
         m = seeded_metrics(preds[k])
         row = {"variant": VARIANTS[k], "profile": profile_label(preds[k], profile),
                **({"input": DATASETS[dataset].note} if DATASETS[dataset].note else {}),
-               "clips": m.pop("n"), **m}
+               "clips": m.pop("n"),
+               # "training seeds: 0" rather than "seeds: 0", which reads as none
+               **({"training seeds": m.pop("seeds")} if "seeds" in m else {}), **m}
         for met in METRICS:
             row[f"paper {METRIC_LABEL[met]}"] = ref[(k, met)]
             if comparable:
