@@ -248,23 +248,19 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
             literature[r["method"]] = {"method": r["method"], "ref": "", "Acc": float("nan"),
                                        "UF1": r["uf1"], "UAR": r["uar"],
                                        "origin": f"reported by its authors: {r['source']}"}
+    # Rows to place under each reported method; what the paper's table lacks follows it, in order.
     extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
     for method, row in literature.items():
         extra.setdefault(method, []).append(row)
-    tail = [m for m in literature if m not in set(wide["method"])]
     for net, pred in (baselines or {}).items():
-        row = measured(net, pred)
-        home = BASELINES[net].paper_row or next((m for m in literature if m.lower() == net), None)
-        if home is None:
-            tail.append(net)
-            extra[net] = [row]
-        else:
-            extra.setdefault(home, []).append(row)
+        home = (BASELINES[net].paper_row or next((m for m in literature if m.lower() == net), None)
+                or net)
+        extra.setdefault(home, []).append(measured(net, pred))
     rows = []
     for rec in wide.to_dict(orient="records"):
-        rows += [rec, *extra.get(rec["method"], [])]
-    for method in tail:
-        rows += extra.get(method, [])
+        rows += [rec, *extra.pop(rec["method"], [])]
+    for left in extra.values():
+        rows += left
     return pd.DataFrame(rows, columns=wide.columns)
 
 
@@ -331,7 +327,7 @@ def apex_error_table(manifest: pd.DataFrame, *,
     """
     ok = usable(manifest, groundtruth_root=groundtruth_root)
     if "n_frames_span" in ok:
-        ok = ok[ok["n_frames_span"].fillna(2) > 1]
+        ok = ok[~(ok["n_frames_span"] <= 1)]
     rows = []
     for ref, abs_col, rel_col in (("annotated apex", "apex_abs_err", "apex_rel_err"),
                                   ("ground truth (SynthME)", "gt_abs_err", "gt_rel_err")):
