@@ -1,11 +1,12 @@
 """Does training learn, and only from the training subjects? (issue: sanity of LOSO training)
 
     .venv/bin/python bench/sanity.py [--preset demo] [--blocks 10] [--seeds 3]
+                                     [--dataset megc-public --data-root DIR]
                                      [--epochs N] [--lr X] [--gia-fc-lr X]
                                      [--inputs frames|onset_delta|channel_norm]
                                      [--json FILE] [--no-table]
 
-Trains one variant with LOSO on SynthME ``--seeds`` times with the true labels and as many times
+Trains one variant with LOSO on SynthME (or ``--dataset`` at ``--data-root``) ``--seeds`` times with the true labels and as many times
 with the training labels permuted inside every fold (test labels stay true). The seed draws the
 trainable part's initial weights, the batch order and, when shuffled, the permutation. It prints
 pooled UF1 / UAR / Acc of every run, their mean and spread, and the chance levels of label-blind
@@ -31,7 +32,7 @@ import dataclasses
 
 from merlib.config import Paths
 from merlib.options import make_run_config
-from merlib.registry import CLASSES, INPUTS
+from merlib.registry import CLASSES, DATASETS, INPUTS
 from merlib.experiment import Run, prepare, run_dir, train
 from merlib.report.provenance import write_table
 from merlib.synth.calibration import chance_uf1
@@ -43,6 +44,8 @@ def _sd(a: np.ndarray) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="synthme", choices=DATASETS)
+    ap.add_argument("--data-root", default="", help="a real dataset's folder (not SynthME)")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--profile", default="quick")
@@ -64,8 +67,8 @@ def main() -> None:
     args = ap.parse_args()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("inputs", args.inputs),
                                    ("weights", args.weights), ("gia_fc_lr", args.gia_fc_lr)) if v is not None}
-    base = make_run_config(synth_preset=args.preset, synth_seed=args.seed, profile=args.profile,
-                           blocks=args.blocks)
+    base = make_run_config(dataset=args.dataset, data_root=args.data_root, synth_preset=args.preset,
+                           synth_seed=args.seed, profile=args.profile, blocks=args.blocks)
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides))
     prepared = prepare(base, progress=False)
     prov = Run(base).prov

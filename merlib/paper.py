@@ -60,5 +60,6 @@ def table6() -> pd.DataFrame:
 
 def literature_megc() -> pd.DataFrame:
     """UF1 and UAR that other papers report on the MEGC2019 composite (all 442 clips, LOSO),
-    with the input each method used and the source: method, uf1, uar, input, source."""
+    with the input each method used, who reported it (its authors, or a rerun) and the source:
+    method, uf1, uar, input, origin, source. A method may have several rows."""
     return _read("literature_megc.csv")

@@ -242,16 +242,17 @@ def table6(preds10: pd.DataFrame | None, *, dataset: str, source: str, profile: 
 
     # On the composite, other papers' own numbers (paper.literature_megc) sit under the paper's
     # row of the same method, or after the paper's rows when it does not list the method.
-    literature = {}
+    # A method may have several (its authors', then others' reruns): one row each, file order.
+    literature: dict[str, list[dict]] = {}
     if ref_ds == "megc":
         for r in paper.literature_megc().to_dict(orient="records"):
-            literature[r["method"]] = {"method": r["method"], "ref": "", "Acc": float("nan"),
-                                       "UF1": r["uf1"], "UAR": r["uar"],
-                                       "origin": f"reported by its authors: {r['source']}"}
+            literature.setdefault(r["method"], []).append(
+                {"method": r["method"], "ref": "", "Acc": float("nan"), "UF1": r["uf1"],
+                 "UAR": r["uar"], "origin": f"{r['origin']}: {r['source']}"})
     # Rows to place under each reported method; what the paper's table lacks follows it, in order.
     extra = {"Our (10 IBs)": [measured("merlib 10 IBs", preds10)] if preds10 is not None else []}
-    for method, row in literature.items():
-        extra.setdefault(method, []).append(row)
+    for method, rows_ in literature.items():
+        extra.setdefault(method, []).extend(rows_)
     for net, pred in (baselines or {}).items():
         home = (BASELINES[net].paper_row or next((m for m in literature if m.lower() == net), None)
                 or net)
