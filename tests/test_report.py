@@ -126,14 +126,14 @@ def test_table5_computes_ours_and_puts_paper_beside(three_variants):
     assert t.loc["24 IBs", "UAR"] == pytest.approx(0.75)
     assert t.loc["10 IBs", "UF1"] == 1.0
     ref = paper.table5().query("dataset == 'casme2' and blocks == 10").set_index("metric")["value"]
-    assert t.loc["10 IBs", "paper UF1"] == ref["uf1"]
+    assert t.loc["10 IBs", "reported UF1"] == ref["uf1"]
     assert t.loc["10 IBs", "diff UF1"] == pytest.approx(1.0 - ref["uf1"])
     assert (t["profile"] == "quick").all()
 
 
 def test_table5_on_synthme_shows_paper_for_reference_without_differences(three_variants):
     t = report.table5(three_variants, dataset="synthme", source="casme2", profile="quick")
-    assert "paper Acc" in t.columns
+    assert "reported Acc" in t.columns
     assert not any(c.startswith("diff") for c in t.columns)
 
 

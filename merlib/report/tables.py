@@ -184,8 +184,9 @@ def first_seed(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile: str) -> pd.DataFrame:
-    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5; with
-    several training seeds, their mean, sd and range (:func:`seeded_metrics`)."""
+    """Acc / UF1 / UAR per variant, pooled over LOSO folds, beside the paper's Table 5 (columns
+    "reported ..."); with several training seeds, their mean, sd and range
+    (:func:`seeded_metrics`)."""
     ref_ds, comparable = paper_reference(dataset, source)
     ref = paper.table5()
     ref = ref[ref["dataset"] == ref_ds].set_index(["blocks", "metric"])["value"]
@@ -200,7 +201,7 @@ def table5(preds: dict[int, pd.DataFrame], *, dataset: str, source: str, profile
                # "training seeds: 0" rather than "seeds: 0", which reads as none
                **({"training seeds": m.pop("seeds")} if "seeds" in m else {}), **m}
         for met in METRICS:
-            row[f"paper {METRIC_LABEL[met]}"] = ref[(k, met)]
+            row[f"reported {METRIC_LABEL[met]}"] = ref[(k, met)]  # the paper's, as printed
             if comparable:
                 row[f"diff {METRIC_LABEL[met]}"] = m[METRIC_LABEL[met]] - ref[(k, met)]
         rows.append(row)
