@@ -6,13 +6,14 @@
                                      [--inputs frames|onset_delta|channel_norm]
                                      [--json FILE] [--no-table]
 
-Trains one variant with LOSO on SynthME (or ``--dataset`` at ``--data-root``) ``--seeds`` times with the true labels and as many times
-with the training labels permuted inside every fold (test labels stay true). The seed draws the
-trainable part's initial weights, the batch order and, when shuffled, the permutation. It prints
-pooled UF1 / UAR / Acc of every run, their mean and spread, and the chance levels of label-blind
-guessing. With true labels UF1 should be far above chance. With shuffled labels it should fall to
-chance, which shows that nothing about the held-out subject leaks into training. One run is a
-noisy draw (73 clips, a few hundred steps): the means are the figures to read.
+Trains one variant with LOSO on SynthME (or ``--dataset`` at ``--data-root``) ``--seeds`` times
+with the true labels and as many times with the training labels permuted inside every fold (test
+labels stay true). The seed draws the trainable part's initial weights, the batch order and, when
+shuffled, the permutation. It prints pooled UF1 / UAR / Acc of every run, their mean and spread,
+and the chance levels of label-blind guessing. With true labels UF1 should be far above chance.
+With shuffled labels it should fall to chance, which shows that nothing about the held-out subject
+leaks into training. One run is a noisy draw (73 clips, a few hundred steps): the means are the
+figures to read.
 
 The summary is also written as ``tables/<run>/sanity.{csv,md}`` with its provenance (the README
 shows the demo's), unless ``--no-table``.
