@@ -222,6 +222,53 @@ def precompute_crops(model: MERNet, maps: Maps, clips: ClipSet, inputs: str,
 
 
 @dataclass
+class FoldInputs:
+    """One fold's inputs of every clip, view 0, already transformed by the fold's
+    :class:`MapInputs`: what :func:`make_batch` would build batch after batch, built once per fold
+    with the same elementwise operations (so the same bits), so that a step only gathers rows."""
+
+    inputs: MapInputs              # the transform they were built with
+    f14: torch.Tensor              # (N, T, 512, 14, 14) float32
+    # (K, N, T, 512, 6, 6) float32, when the model has blocks: block-major, so that a batch's
+    # windows reach BIA's per-block matmuls without a copy (merlib.model.BlockLinear)
+    crops: torch.Tensor | None
+
+    @staticmethod
+    def applies(maps: Maps, crops: Windows | None, blocks: int) -> bool:
+        """One view (no augmentation to draw per step), frozen GIA convolutions, and the block
+        windows cut already when there are blocks."""
+        return maps.f14 is not None and maps.f14.shape[1] == 1 and (blocks == 0 or crops is not None)
+
+    @classmethod
+    def build(cls, maps: Maps, crops: Windows | None, inputs: MapInputs, device: torch.device,
+              *, reuse: "FoldInputs | None" = None, chunk: int = 8) -> "FoldInputs":
+        """``reuse``: the previous fold's, whose memory is overwritten (a 24-block composite's
+        windows are ~2 GB)."""
+        n = maps.f14.shape[0]
+        f14 = reuse.f14 if reuse is not None else torch.empty(
+            (n, *maps.f14.shape[2:]), dtype=torch.float32, device=device)
+        win = None
+        if crops is not None:
+            shape = crops.crops.shape
+            win = reuse.crops if reuse is not None and reuse.crops is not None else torch.empty(
+                (shape[2], shape[0], shape[1], *shape[3:]), dtype=torch.float32, device=device)
+        for start in range(0, n, chunk):  # a chunk at a time: no second full-size temporary
+            sl = slice(start, min(start + chunk, n))
+            f14[sl] = inputs.transform(maps.f14[sl, 0].to(device, torch.float32), 14)
+            if win is not None:
+                weight = None if crops.weight is None else crops.weight[sl].to(device)
+                win[:, sl] = inputs.transform_crops(crops.crops[sl].to(device), weight).movedim(2, 0)
+        return cls(inputs, f14, win)
+
+    def batch(self, idx: np.ndarray) -> "Batch":
+        rows = torch.as_tensor(idx, device=self.f14.device)
+        crops = None
+        if self.crops is not None:  # (K, B, T, …) in memory, (B, T, K, …) as the model reads it
+            crops = self.crops.index_select(1, rows).movedim(0, 2)
+        return Batch(None, self.f14.index_select(0, rows), None, None, crops)
+
+
+@dataclass
 class Batch:
     """The arguments of ``MERNet.forward_from_maps`` for one batch: maps, and either the IPs or
     the windows already cut from them."""

@@ -102,9 +102,14 @@ class BlockLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("nk...i,koi->nk...o", x, self.weight)
-        bias = self.bias.view(1, self.bias.shape[0], *([1] * (x.dim() - 3)), self.out_features)
-        return y + bias
+        k = self.weight.shape[0]
+        xk = x.movedim(1, 0)  # (K, N, …, in): a view, and contiguous when x is stored block-major
+        lead = xk.shape[1:-1]
+        # One batched matmul with the bias fused in; reshape copies only when x's memory is not
+        # block-major (the quick profile stores its cached windows so, merlib.maps.FoldInputs).
+        y = torch.baddbmm(self.bias.unsqueeze(1), xk.reshape(k, -1, self.in_features),
+                          self.weight.transpose(1, 2))  # (K, M, out)
+        return y.view(k, *lead, self.out_features).movedim(0, 1)  # (N, K, …, out), a view
 
 
 class BlockGate(nn.Module):

@@ -34,8 +34,8 @@ from merlib.augment import draw_affines, warp_clips, warp_points_batch, warp_sid
 from merlib.clips import ClipSet, clip_loader
 from merlib.config import ModelConfig, RunConfig, TrainConfig
 from merlib.devices import resolve_device
-from merlib.maps import (Maps, MapInputs, Windows, input_moments, load_or_compute_maps, make_batch,
-                         maps_key, precompute_crops)
+from merlib.maps import (FoldInputs, Maps, MapInputs, Windows, input_moments, load_or_compute_maps,
+                         make_batch, maps_key, precompute_crops)
 from merlib.model import MERNet
 from merlib.weights import vgg16_features
 
@@ -114,8 +114,7 @@ def train_one_epoch(ctx: "CachedContext", opt: torch.optim.Optimizer, labels: to
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         views = rng.integers(0, cfg.views, size=len(idx))
-        b = make_batch(ctx.maps, ctx.clips, idx, views, device, inputs,
-                       need_f28=ctx.need_f28, crops=ctx.crops)
+        b = ctx.batch(idx, views, inputs)
         total += optimizer_step(lambda: model.forward_from_maps(b.f28, b.f14, b.centres, b.sides,
                                                                 crops=b.crops),
                                 labels[idx].to(device), opt, device, cfg) * len(idx)
@@ -131,8 +130,7 @@ def evaluate(ctx: "CachedContext", idx: np.ndarray, inputs: MapInputs = MapInput
     out = []
     for start in range(0, len(idx), batch_size):
         i = idx[start:start + batch_size]
-        b = make_batch(ctx.maps, ctx.clips, i, np.zeros(len(i), dtype=np.int64), ctx.device,
-                       inputs, need_f28=ctx.need_f28, crops=ctx.crops)
+        b = ctx.batch(i, np.zeros(len(i), dtype=np.int64), inputs)
         logits = ctx.model.forward_from_maps(b.f28, b.f14, b.centres, b.sides, crops=b.crops)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy()
@@ -251,6 +249,13 @@ class CachedContext(ModelContext):
     moments: np.ndarray | None = None
     crops: Windows | None = None
     maps_file: Path | None = None
+    fold_inputs: FoldInputs | None = None  # the current fold's, when FoldInputs.applies
+
+    def batch(self, idx: np.ndarray, views: np.ndarray, inputs: MapInputs):
+        if self.fold_inputs is not None and self.fold_inputs.inputs == inputs and not views.any():
+            return self.fold_inputs.batch(idx)  # built by fit_predict for this fold
+        return make_batch(self.maps, self.clips, idx, views, self.device, inputs,
+                          need_f28=self.need_f28, crops=self.crops)
 
     @property
     def need_f28(self) -> bool:
@@ -262,6 +267,10 @@ class CachedContext(ModelContext):
     def fit_predict(self, labels, train_idx, test_idx, *, seed, progress=False):
         fold_cfg, opt = self.start_fold(seed)
         inputs = MapInputs.fit(self.moments, train_idx, self.cfg.inputs)  # training subjects only
+        if FoldInputs.applies(self.maps, self.crops, self.model.config.blocks):
+            # once per fold instead of once per step (the profile in bench/quick_profile.py)
+            self.fold_inputs = FoldInputs.build(self.maps, self.crops, inputs, self.device,
+                                                reuse=self.fold_inputs)
         rng = np.random.default_rng(seed)
         y = torch.as_tensor(labels)
         losses, epochs = [], []
