@@ -71,7 +71,7 @@ DATASETS = {d.name: d for d in (
 # The on-disk formats SynthME is written in (each is the dataset of the same name) and its sizes
 # (merlib.synth.plan.PRESETS holds their settings; tests/test_options.py checks the names agree).
 SYNTH_LAYOUTS = ("casme2", "samm", "smic", "megc")
-SYNTH_PRESETS = ("tiny", "demo", "megc")
+SYNTH_PRESETS = ("tiny", "demo", "megc", "compact")
 
 
 def dataset(name: str) -> Dataset:
