@@ -25,6 +25,7 @@ KERNEL = "merlib"
 # show; the notebooks' own warnings go to their cells as always.
 QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 TRAINING_PREFIX = "04"
+PAPER_NOTEBOOK = "06"  # the whole paper, gathered from every dataset's run
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:
@@ -75,8 +76,9 @@ def dataset_baselines(config: RunConfig) -> tuple[str, ...]:
     return tuple(BASELINES) if allowed is None else tuple(allowed)
 
 
-def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = None,
-        kernel: str = KERNEL, executor: ExecutorConfig | None = None) -> list[Path]:
+def run(parameters: dict, *, only: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+        paths: Paths | None = None, kernel: str = KERNEL,
+        executor: ExecutorConfig | None = None) -> list[Path]:
     """Execute the notebooks in order with ``parameters``; stop at the first failure.
 
     With an ``executor`` other than local, the folds of every variant and baseline are trained on
@@ -87,7 +89,7 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
     parameters = for_notebooks(parameters)
     out_dir = paths.runs_for(config.data.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    selected = [nb for nb in notebooks() if not only or nb.name[:2] in only]
+    selected = [nb for nb in notebooks() if (not only or nb.name[:2] in only) and nb.name[:2] not in skip]
     if not selected:
         raise SystemExit(f"no notebook matches --only {','.join(only)}")
     if executor is not None and executor.kind != "local" and any(
@@ -97,9 +99,12 @@ def run(parameters: dict, *, only: tuple[str, ...] = (), paths: Paths | None = N
         prepared = prepare(config, paths=paths)
         for what, run in training_runs(config):
             for seeded in seed_configs(run, parameters.get("seeds", 1)):
+                t0 = time.time()
                 print(f"[merlib reproduce] {config.data.name} {what} seed {seeded.train.seed}: "
                       f"folds on {executor.kind}", file=sys.stderr, flush=True)
                 train(dataclasses.replace(seeded, executor=executor), prepared=prepared, paths=paths)
+                print(f"[merlib reproduce] {config.data.name} {what} seed {seeded.train.seed} "
+                      f"done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     done = []
     for nb, extra, out_name in jobs(selected, dataset_baselines(config), train_seed=config.train.seed,
                                     seeds=int(parameters.get("seeds", 1))):

@@ -46,7 +46,14 @@ def data_root(data: DataConfig, paths: Paths | None = None, *, generate: bool = 
     if generate:
         from merlib.synth import generate as generate_synthme
 
-        generate_synthme(root, layout=data.layout, preset=data.preset, seed=data.seed)
+        from merlib.synth.plan import get_preset
+
+        # one source of a megc preset: its part of the composite, rendered once for both runs
+        composite = None
+        if data.layout != "megc" and get_preset(data.preset).megc_sources and not data.root:
+            composite = paths.data / dataclasses.replace(data, layout="megc").name
+        generate_synthme(root, layout=data.layout, preset=data.preset, seed=data.seed,
+                         composite=composite)
     return root
 
 
@@ -108,7 +115,10 @@ def train(config: RunConfig, *, prepared: Prepared | None = None, out_dir: str |
     else:  # a baseline: its features, computed once per clip and cached beside the maps
         clips = build_context(config, manifest=prepared.manifest, jobs=jobs, progress=progress,
                               features_dir=prepared.cache_dir / "baselines")
+    # clip-maps: each clip's frozen maps by content, shared by the runs of one cache (a
+    # per-source run and the composite hold the same clips)
     pred = run_loso(clips, config, out_dir, maps_dir=prepared.cache_dir / "maps",
+                    clip_maps_dir=prepared.cache_dir.parent / "clip-maps",
                     prep_key=prepared.prep.key(), index_hash=index_hash(prepared.index),
                     manifest_file=prepared.manifest_file, restart=restart, progress=progress,
                     suggest=str(default_dir) if out_dir != default_dir else "")

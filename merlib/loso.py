@@ -70,7 +70,7 @@ def build_context(config: RunConfig, *, clips: ClipSet | None = None,
                   manifest: pd.DataFrame | None = None, maps_file: str | Path | None = None,
                   maps_dir: Path | None = None, prep_key: str = "",
                   features_dir: str | Path | None = None, jobs: int = 0,
-                  progress: bool = False) -> Context:
+                  clip_maps_dir: Path | None = None, progress: bool = False) -> Context:
     """The run's context: the paper's model on ``clips`` (or the manifest's), or the baseline
     ``config.train.net`` on the manifest's features. On the CPU, torch's threads are set first
     (``merlib.devices``: one policy for every executor)."""
@@ -86,7 +86,8 @@ def build_context(config: RunConfig, *, clips: ClipSet | None = None,
     if clips is None:
         clips = load_clipset(manifest, config.train.blocks, frames=not config.train.stream)
     return model_context(clips, config, maps_file=Path(maps_file) if maps_file else None,
-                         maps_dir=maps_dir, prep_key=prep_key, progress=progress)
+                         maps_dir=maps_dir, prep_key=prep_key, clip_maps_dir=clip_maps_dir,
+                         progress=progress)
 
 
 def read_plan(run_dir: Path) -> dict:
@@ -257,7 +258,7 @@ def write_fold(config: RunConfig, ctx: Context, fold: int, out: Path, train_idx:
 def run_loso(source: ClipSet | Context, config: RunConfig, out_dir: str | Path, *,
              maps_dir: Path | None = None, prep_key: str = "", index_hash: str = "",
              manifest_file: Path | None = None, restart: bool = False, progress: bool = True,
-             suggest: str = "") -> pd.DataFrame:
+             suggest: str = "", clip_maps_dir: Path | None = None) -> pd.DataFrame:
     """Leave-one-subject-out training and pooled predictions, resuming finished folds.
 
     Plans once (resume check, ``config.json``, the context with its cached maps, ``plan.json``),
@@ -275,7 +276,8 @@ def run_loso(source: ClipSet | Context, config: RunConfig, out_dir: str | Path, 
         return pool(dirs, out_dir)  # finished earlier: just pool
 
     ctx = (build_context(config, clips=source, maps_dir=maps_dir, prep_key=prep_key,
-                         progress=progress) if isinstance(source, ClipSet) else source)
+                         clip_maps_dir=clip_maps_dir, progress=progress)
+           if isinstance(source, ClipSet) else source)
     save_config(out_dir / "config.json", **record, **ctx.config_entry(), executor=config.executor)
     atomic_write_text(out_dir / PLAN_FILE, json.dumps(
         {"manifest": str(manifest_file) if manifest_file else "", "maps_file": "",

@@ -46,10 +46,22 @@ def _to_float(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
+def clip_maps_file(clip_dir: Path, frames: np.ndarray, cfg: TrainConfig, weights_tag: str) -> Path:
+    """Where one clip's view-0 maps are kept for every run that has the same frames (the
+    composite and a per-source run share every clip): named by the frames' bytes, the weights
+    and whether the GIA convolutions are frozen."""
+    h = hashlib.sha256(np.ascontiguousarray(frames).tobytes())
+    h.update(json.dumps({"shape": list(frames.shape), "weights": weights_tag,
+                         "normalize": cfg.model.normalize_input,
+                         "gia_frozen": not cfg.train_gia_convs}, sort_keys=True).encode())
+    return Path(clip_dir) / f"{h.hexdigest()[:24]}.pt"
+
+
 @torch.no_grad()
 def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.device,
-                 *, progress: bool = True) -> Maps:
-    """Run the frozen convolutions once per clip and view."""
+                 *, progress: bool = True, clip_dir: Path | None = None, weights_tag: str = "") -> Maps:
+    """Run the frozen convolutions once per clip and view. ``clip_dir`` (one view only): keep
+    each clip's maps there by content, and take them from there when another run made them."""
     model.eval()
     n, t = clips.centres.shape[:2]
     f28 = torch.empty((n, cfg.views, t, 512, 28, 28), dtype=torch.float16)
@@ -58,6 +70,16 @@ def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.
     affines = torch.zeros((n, cfg.views, 2, 3), dtype=torch.float64)
     for i in tqdm(range(n), desc="frozen feature maps", disable=not progress, leave=False):
         rng = np.random.default_rng([cfg.seed, i])
+        shared = None
+        if clip_dir is not None and cfg.views == 1:
+            shared = clip_maps_file(clip_dir, clips.read_frames(i), cfg, weights_tag)
+            if shared.exists():
+                blob = torch.load(shared, weights_only=True)
+                f28[i, 0] = blob["f28"]
+                if f14 is not None:
+                    f14[i, 0] = blob["f14"]
+                affines[i, 0] = torch.as_tensor(np.eye(3)[:2])
+                continue
         for v in range(cfg.views):
             if v == 0:
                 fr, affine = clips.read_frames(i), np.eye(3)[:2]
@@ -70,6 +92,11 @@ def compute_maps(model: MERNet, clips: ClipSet, cfg: TrainConfig, device: torch.
             if f14 is not None:
                 f14[i, v] = model.gia_convs(m28)[0].to("cpu", torch.float16)  # (T, 512, 14, 14)
             affines[i, v] = torch.as_tensor(affine)
+        if shared is not None:
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(shared) as tmp:
+                torch.save({"f28": f28[i, 0].clone(), **({"f14": f14[i, 0].clone()} if f14 is not None else {})},
+                           tmp)
     return Maps(f28, f14, affines)
 
 
@@ -87,12 +114,14 @@ def maps_key(prep_key: str, clips: ClipSet, cfg: TrainConfig, weights_tag: str) 
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
-def load_or_compute_maps(model, clips, cfg, device, cache_file: Path | None, *, progress=True) -> Maps:
+def load_or_compute_maps(model, clips, cfg, device, cache_file: Path | None, *, progress=True,
+                         clip_dir: Path | None = None, weights_tag: str = "") -> Maps:
     if cache_file is not None and cache_file.exists():
         blob = torch.load(cache_file, weights_only=True)
         if blob["f28"].shape[0] == len(clips):
             return Maps(blob["f28"], blob.get("f14"), blob["affines"])
-    maps = compute_maps(model, clips, cfg, device, progress=progress)
+    maps = compute_maps(model, clips, cfg, device, progress=progress, clip_dir=clip_dir,
+                        weights_tag=weights_tag)
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             torch.save({k: v for k, v in dataclasses.asdict(maps).items() if v is not None}, tmp)
@@ -193,7 +222,7 @@ def input_moments(maps: Maps, inputs: str) -> np.ndarray | None:
 class Windows:
     """BIA windows of view 0 of every clip, cut once (:func:`precompute_crops`)."""
 
-    crops: torch.Tensor            # (N, T, K, 512, 6, 6) float32
+    crops: torch.Tensor            # (N, T, K, 512, 6, 6) float32, a view of (K, N, T, 6, 6, 512) memory
     weight: torch.Tensor | None    # (N, T, K, 1, 6, 6): the cut of a map of ones (channel_norm)
 
 
@@ -218,20 +247,38 @@ def precompute_crops(model: MERNet, maps: Maps, clips: ClipSet, inputs: str,
         if inputs == "channel_norm":
             ones = f28.new_ones((c.shape[0], 1, *f28.shape[-2:]))
             weights.append(model.bia.crop(ones, c, s).unflatten(0, (len(idx), f28.shape[1])))
-    return Windows(torch.cat(out), torch.cat(weights) if weights else None)
+    return Windows(window_storage(torch.cat(out)), torch.cat(weights) if weights else None)
+
+
+# Windows live in memory block-major and channels-last, (K, N, T, 6, 6, 512), and are handed
+# around as (N, T, K, 512, 6, 6) views of it: BIA's per-block matmuls (merlib.model.BlockLinear)
+# then read a batch's windows in place, and a fold scales them in one contiguous pass.
+_TO_STORAGE = (2, 0, 1, 4, 5, 3)   # (N, T, K, C, h, w) -> (K, N, T, h, w, C)
+_TO_LOGICAL = (1, 2, 0, 5, 3, 4)   # and back
+
+
+def window_storage(crops: torch.Tensor) -> torch.Tensor:
+    """(N, T, K, C, 6, 6) windows -> the same values as a view of block-major channels-last memory."""
+    return crops.permute(*_TO_STORAGE).contiguous().permute(*_TO_LOGICAL)
 
 
 @dataclass
 class FoldInputs:
     """One fold's inputs of every clip, view 0, already transformed by the fold's
     :class:`MapInputs`: what :func:`make_batch` would build batch after batch, built once per fold
-    with the same elementwise operations (so the same bits), so that a step only gathers rows."""
+    with the same elementwise operations (so the same bits), so that a step only gathers rows.
+
+    Built and gathered into memory that is kept from fold to fold and batch to batch: on a small
+    VM a fresh tensor of hundreds of MB costs more to fault in than to fill
+    (``bench/quick_profile.py``). So a :meth:`batch` is valid until the next call."""
 
     inputs: MapInputs              # the transform they were built with
     f14: torch.Tensor              # (N, T, 512, 14, 14) float32
-    # (K, N, T, 512, 6, 6) float32, when the model has blocks: block-major, so that a batch's
-    # windows reach BIA's per-block matmuls without a copy (merlib.model.BlockLinear)
+    # (K, N, T, 6, 6, 512) float32 in memory when the model has blocks (see window_storage)
     crops: torch.Tensor | None
+    # onset_delta: the unscaled differences, computed once per run; a fold only scales them
+    f14_delta: torch.Tensor | None = None
+    buffers: dict = dataclasses.field(default_factory=dict)  # batch size -> (f14, crops)
 
     @staticmethod
     def applies(maps: Maps, crops: Windows | None, blocks: int) -> bool:
@@ -243,29 +290,55 @@ class FoldInputs:
     def build(cls, maps: Maps, crops: Windows | None, inputs: MapInputs, device: torch.device,
               *, reuse: "FoldInputs | None" = None, chunk: int = 8) -> "FoldInputs":
         """``reuse``: the previous fold's, whose memory is overwritten (a 24-block composite's
-        windows are ~2 GB)."""
+        windows are ~1.3 GB)."""
         n = maps.f14.shape[0]
         f14 = reuse.f14 if reuse is not None else torch.empty(
             (n, *maps.f14.shape[2:]), dtype=torch.float32, device=device)
         win = None
         if crops is not None:
-            shape = crops.crops.shape
+            shape = crops.crops.permute(*_TO_STORAGE).shape
             win = reuse.crops if reuse is not None and reuse.crops is not None else torch.empty(
-                (shape[2], shape[0], shape[1], *shape[3:]), dtype=torch.float32, device=device)
-        for start in range(0, n, chunk):  # a chunk at a time: no second full-size temporary
-            sl = slice(start, min(start + chunk, n))
-            f14[sl] = inputs.transform(maps.f14[sl, 0].to(device, torch.float32), 14)
-            if win is not None:
-                weight = None if crops.weight is None else crops.weight[sl].to(device)
-                win[:, sl] = inputs.transform_crops(crops.crops[sl].to(device), weight).movedim(2, 0)
-        return cls(inputs, f14, win)
+                shape, dtype=torch.float32, device=device)
+        delta = reuse.f14_delta if reuse is not None else None
+        if inputs.inputs == "onset_delta":
+            if delta is None:  # (f - f_onset) as MapInputs.transform computes it, once
+                delta = torch.empty_like(f14)
+                for start in range(0, n, chunk):
+                    sl = slice(start, min(start + chunk, n))
+                    f = maps.f14[sl, 0].to(device, torch.float32)
+                    delta[sl] = f - f[:, :1]
+            torch.mul(delta, inputs.scale14, out=f14)
+        else:
+            for start in range(0, n, chunk):  # a chunk at a time: no second full-size temporary
+                sl = slice(start, min(start + chunk, n))
+                f14[sl] = inputs.transform(maps.f14[sl, 0].to(device, torch.float32), 14)
+        if win is not None:
+            src = crops.crops.permute(*_TO_STORAGE)  # contiguous as precompute_crops stores it
+            if inputs.inputs == "onset_delta" and src.is_contiguous() and src.device == win.device:
+                torch.mul(src, inputs.scale28, out=win)  # transform_crops's product, in one pass
+            else:
+                for start in range(0, n, chunk):
+                    sl = slice(start, min(start + chunk, n))
+                    weight = None if crops.weight is None else crops.weight[sl].to(device)
+                    win[:, sl] = inputs.transform_crops(crops.crops[sl].to(device),
+                                                        weight).permute(*_TO_STORAGE)
+        return cls(inputs, f14, win, delta, reuse.buffers if reuse is not None else {})
 
     def batch(self, idx: np.ndarray) -> "Batch":
-        rows = torch.as_tensor(idx, device=self.f14.device)
-        crops = None
-        if self.crops is not None:  # (K, B, T, …) in memory, (B, T, K, …) as the model reads it
-            crops = self.crops.index_select(1, rows).movedim(0, 2)
-        return Batch(None, self.f14.index_select(0, rows), None, None, crops)
+        """Rows ``idx``, copied into this batch size's kept buffers (valid until the next call)."""
+        b = len(idx)
+        if b not in self.buffers:
+            f14 = torch.empty((b, *self.f14.shape[1:]), dtype=self.f14.dtype, device=self.f14.device)
+            crops = None if self.crops is None else torch.empty(
+                (self.crops.shape[0], b, *self.crops.shape[2:]), dtype=self.crops.dtype,
+                device=self.crops.device)
+            self.buffers[b] = (f14, crops)
+        f14, crops = self.buffers[b]
+        for j, i in enumerate(np.asarray(idx).tolist()):
+            f14[j].copy_(self.f14[i])
+            if crops is not None:
+                crops[:, j].copy_(self.crops[:, i])
+        return Batch(None, f14, None, None, None if crops is None else crops.permute(*_TO_LOGICAL))
 
 
 @dataclass

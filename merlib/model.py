@@ -122,7 +122,8 @@ class BlockGate(nn.Module):
         self.fc2 = BlockLinear(blocks=blocks, in_features=hidden, out_features=1)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = crops.flatten(3).transpose(2, 3)  # (N, K, 36, 512): pixels × channels
+        # (N, K, 36, 512): pixels × channels; a view when the windows are stored channels-last
+        x = crops.permute(0, 1, 3, 4, 2).flatten(2, 3)
         x = torch.relu(self.conv(x)).mean(2)  # (N, K, 128): 1×1 conv, ReLU, GAP
         x = torch.relu(self.fc1(x))  # (N, K, 64)
         return torch.sigmoid(self.fc2(x)).squeeze(2)  # (N, K)
@@ -218,8 +219,13 @@ class BlockAttention(nn.Module):
         return out.to(f28.dtype).unflatten(0, (n, k))
 
     def forward_crops(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eqs. (1)–(3) on windows already cut: (N, K, 512, 6, 6) -> α (N, K, 64), p (N, K)."""
-        tau = torch.relu(self.tau(crops.flatten(2)))  # (N, K, 64)  τ_k, Eq. (2)
+        """Eqs. (1)–(3) on windows already cut: (N, K, 512, 6, 6) -> α (N, K, 64), p (N, K).
+
+        τ_k reads a window row by row, each cell's 512 channels together (6·6·512, channels
+        last): the FC of Eq. (2) is the same whatever order its inputs are listed in, and this
+        one lets windows stored channels-last (merlib.maps) reach τ_k and the gate without a
+        copy."""
+        tau = torch.relu(self.tau(crops.permute(0, 1, 3, 4, 2).flatten(2)))  # (N, K, 64)  τ_k, Eq. (2)
         p = self.gate(crops)  # (N, K)  p_k, Eq. (1)
         return p.unsqueeze(2) * tau, p  # α_k = p_k·τ_k, Eq. (3)
 

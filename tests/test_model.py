@@ -222,6 +222,29 @@ def test_block_linear_equals_separate_linears():
         torch.testing.assert_close(y[:, k], F.linear(x[:, k], layer.weight[k], layer.bias[k]))
 
 
+def test_block_linear_reads_block_major_memory_without_copying_and_gives_the_same_gradients():
+    """FoldInputs stores windows block-major: the layer must give the same values and weight
+    gradients from that memory as from a plain (N, K, ...) tensor, and read it in place."""
+    torch.manual_seed(0)
+    layer = BlockLinear(blocks=3, in_features=5, out_features=4)
+    stored = torch.randn(3, 2, 5)  # (K, N, in) in memory
+    x_major = stored.movedim(0, 1)  # (N, K, in) as the model reads it
+    x_plain = x_major.contiguous()
+    assert x_major.movedim(1, 0).reshape(3, -1, 5).data_ptr() == stored.data_ptr()  # no copy
+    outs, grads = [], []
+    for x in (x_major, x_plain):
+        layer.zero_grad()
+        y = layer(x)
+        (y.square().sum()).backward()
+        outs.append(y.detach())
+        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, b)
+    ref = torch.einsum("nki,koi->nko", x_plain, layer.weight) + layer.bias
+    torch.testing.assert_close(outs[1], ref.detach())
+
+
 def test_block_gate_is_gacnn_gate_per_block():
     torch.manual_seed(0)
     bia = BlockAttention(blocks=3, channels=16, crop=6, out_dim=8, gate_channels=12, gate_hidden=6)

@@ -153,6 +153,23 @@ def tiny_megc(tmp_path_factory):
                       preset=TINY_MEGC, seed=0)
 
 
+def test_a_source_linked_from_its_composite_is_the_source_written_alone(tiny_megc, tmp_path):
+    """make reproduce's per-source runs take their files from the composite (rendered once):
+    byte for byte what generating the source alone writes, marker included, and reusable."""
+    import os
+    for layout in ("casme2", "samm", "smic"):
+        alone = S.generate(tmp_path / f"alone-{layout}", layout=layout, preset=TINY_MEGC, seed=0)
+        linked = S.generate(tmp_path / f"linked-{layout}", layout=layout, preset=TINY_MEGC, seed=0,
+                            composite=tiny_megc)
+        assert S.dataset_digest(linked) == S.dataset_digest(alone)
+        assert S.is_complete(linked, layout=layout, preset=TINY_MEGC, seed=0)
+        shared = next(f for f in linked.rglob("*.jpg")) if layout != "smic" else next(linked.rglob("*.bmp"))
+        assert os.stat(shared).st_nlink >= 2  # a hard link into the composite, not a copy
+    stamp = (tmp_path / "linked-casme2" / "synthme.json").stat().st_mtime_ns
+    S.generate(tmp_path / "linked-casme2", layout="casme2", preset=TINY_MEGC, seed=0, composite=tiny_megc)
+    assert (tmp_path / "linked-casme2" / "synthme.json").stat().st_mtime_ns == stamp  # reused
+
+
 def test_megc_layout_is_read_by_all_four_loaders(tiny_megc):
     root = tiny_megc
     gt = S.load_groundtruth(root)

@@ -204,6 +204,46 @@ def test_precomputed_windows_equal_cutting_the_maps_every_step(tmp_path):
                 rtol=1e-4, atol=1e-5)
 
 
+def test_fold_inputs_give_the_batches_make_batch_gives_bit_for_bit(tmp_path):
+    """quick builds a fold's inputs once (FoldInputs); every batch must be exactly what
+    make_batch builds step by step, for each kind of map inputs, with and without blocks."""
+    from merlib.maps import FoldInputs, MapInputs, make_batch
+    for blocks in (0, 24):
+        c = _clips(blocks)
+        for inputs in (MapInputs("frames"), MapInputs("onset_delta", scale28=3.0, scale14=2.0),
+                       MapInputs("channel_norm", mean28=tuple(np.linspace(-1, 2, 512)),
+                                 inv_std28=tuple(np.linspace(0.5, 3, 512)),
+                                 mean14=(0.3,) * 512, inv_std14=(2.0,) * 512)):
+            ctx = build_context(_cfg(blocks=blocks, inputs=inputs.inputs), clips=c)
+            assert FoldInputs.applies(ctx.maps, ctx.crops, blocks)
+            fold = FoldInputs.build(ctx.maps, ctx.crops, inputs, ctx.device, chunk=2)
+            fold = FoldInputs.build(ctx.maps, ctx.crops, inputs, ctx.device, reuse=fold, chunk=3)
+            idx = np.array([3, 0, 2])
+            want = make_batch(ctx.maps, c, idx, np.zeros(3, dtype=np.int64), ctx.device, inputs,
+                              need_f28=False, crops=ctx.crops)
+            got = fold.batch(idx)
+            assert torch.equal(got.f14, want.f14)
+            if blocks:
+                assert got.crops.shape == want.crops.shape and torch.equal(got.crops, want.crops)
+            else:
+                assert got.crops is None and want.crops is None
+            # the context uses them only for the inputs they were built with, on view 0
+            ctx.fold_inputs = fold
+            assert ctx.batch(idx, np.zeros(3, dtype=np.int64), inputs) is not None
+            other = MapInputs("onset_delta", scale28=5.0, scale14=5.0)
+            fallback = ctx.batch(idx, np.zeros(3, dtype=np.int64), other)
+            assert torch.equal(fallback.f14, make_batch(ctx.maps, c, idx, np.zeros(3, dtype=np.int64),
+                                                        ctx.device, other, need_f28=False,
+                                                        crops=ctx.crops).f14)
+
+
+def test_keep_freed_memory_is_set_on_glibc():
+    import platform
+
+    from merlib.devices import keep_freed_memory
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
 # --------------------------------------------------------------------------- onset-delta inputs
 
 def _maps(seed=0, n=4, v=2, t=3):
@@ -374,3 +414,32 @@ def test_profiles_keep_no_checkpoints_unless_asked():
     from merlib.options import make_run_config
     assert not make_run_config(profile="paper").train.checkpoints
     assert make_run_config(profile="paper", keep_checkpoints=True).train.checkpoints
+
+
+def test_clip_maps_are_shared_by_content_between_runs_and_equal_computing_them(tmp_path):
+    """A per-source run and the composite hold the same clips: the second run takes each clip's
+    frozen maps from the first (by the frames' bytes) and gets exactly what computing gives."""
+    from merlib.maps import clip_maps_file, compute_maps
+    c = _clips(10)
+    cfg = _cfg(blocks=10)
+    ctx = build_context(cfg, clips=c)
+    plain = compute_maps(ctx.model, c, cfg.train, ctx.device, progress=False)
+    first = compute_maps(ctx.model, c, cfg.train, ctx.device, progress=False,
+                         clip_dir=tmp_path, weights_tag=ctx.weights_tag)
+    files = sorted(tmp_path.glob("*.pt"))
+    assert len(files) == len(c)
+    # a "composite": the same clips in another order plus one the first run never saw
+    order = np.array([3, 1, 0, 5, 2, 4])
+    other = ClipSet(c.frames[order].copy(), c.centres[order], c.sides[order], c.labels[order],
+                    c.meta.iloc[order].reset_index(drop=True))
+    other.frames[5] = 255 - other.frames[5]
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    second = compute_maps(ctx.model, other, cfg.train, ctx.device, progress=False,
+                          clip_dir=tmp_path, weights_tag=ctx.weights_tag)
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # read, not rewritten
+    assert len(list(tmp_path.glob("*.pt"))) == len(c) + 1
+    assert torch.equal(first.f28, plain.f28) and torch.equal(first.f14, plain.f14)
+    assert torch.equal(second.f28[:5], plain.f28[order[:5]]) and torch.equal(second.f14[:5], plain.f14[order[:5]])
+    # another weights tag is another file
+    assert clip_maps_file(tmp_path, c.read_frames(0), cfg.train, "x") != \
+        clip_maps_file(tmp_path, c.read_frames(0), cfg.train, ctx.weights_tag)

@@ -19,6 +19,7 @@ reusable.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -198,14 +199,26 @@ def is_complete(root: str | Path, *, layout: str, preset: str | SynthPreset, see
     return same and marker.get("n_files") == len(_files(root))
 
 
+# What each source's writer puts at the top of a root (merlib.datasets.writers), besides the
+# ground truth: a per-source SynthME of a megc preset is exactly these of its composite.
+SOURCE_ENTRIES = {"casme2": ("CASME2-coding-20140508.xlsx", "CASME2_RAW_selected"),
+                  "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx"),
+                  "smic": ("HS",)}
+
+
 def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: int = 0,
-             workers: int | None = None) -> Path:
+             workers: int | None = None, composite: Path | None = None) -> Path:
     """Write SynthME in ``layout``'s on-disk format to ``out`` (plus its ground truth) and return
     ``out``. Reuses ``out`` when it already holds the same (layout, preset, seed); builds in a
     sibling folder and renames it into place, so ``out`` is never left half written. A preset
     with ``people="orl"`` fetches the ORL faces on first use (:mod:`merlib.synth.orl`) and
     stops with ``PeopleUnavailable``, naming the command to run, before writing anything when
-    they cannot be had."""
+    they cannot be had.
+
+    ``composite``: for one source of a preset with ``megc_sources``, the folder of the same
+    preset's megc layout. It is generated there (or reused) and ``out`` gets that source's files
+    from it as hard links (copies across file systems), byte for byte what writing the source
+    alone gives, so the paper's four datasets render each clip once."""
     out = Path(out).expanduser().resolve()
     p = get_preset(preset)
     plans = plan_dataset(layout, p, seed)  # validates layout
@@ -221,6 +234,15 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    if composite is not None and layout != "megc" and p.megc_sources:
+        try:
+            whole = generate(composite, layout="megc", preset=p, seed=seed, workers=workers)
+            _link_source(whole, tmp, layout, plans)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _finish(tmp, out, layout, p, seed, plans, stale)
+        return out
 
     workers = DEFAULT_WORKERS if workers is None else workers
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # subjects first, once each
@@ -251,6 +273,40 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
     table["face_width"] = table["face_width"].round(3)
     table["max_landmark_motion"] = table["max_landmark_motion"].round(4)
     table.to_csv(tmp / GT_CSV, index=False, lineterminator="\n")
+    _finish(tmp, out, layout, p, seed, plans, stale)
+    return out
+
+
+def _link_source(whole: Path, tmp: Path, layout: str, plans: list[ClipPlan]) -> None:
+    """One source's files of a finished megc root into ``tmp``: its writer's entries, its clips'
+    ground truth, and the ground-truth table's lines of those clips (text, so bytes stay)."""
+    def link(src: Path) -> None:
+        dst = tmp / src.relative_to(whole)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in SOURCE_ENTRIES[layout]:
+        entry = whole / name
+        for f in ([entry] if entry.is_file() else sorted(q for q in entry.rglob("*") if q.is_file())):
+            link(f)
+    wanted = {groundtruth_path("", pl.subject, pl.clip).as_posix() for pl in plans}
+    for rel in sorted(wanted):
+        link(whole / rel)
+    lines = (whole / GT_CSV).read_text().splitlines(keepends=True)
+    column = next(csv.reader([lines[0]])).index("groundtruth")
+    kept = [ln for ln in lines[1:] if next(csv.reader([ln]))[column] in wanted]
+    if len(kept) != len(plans):
+        raise RuntimeError(f"{whole} lists {len(kept)} of {layout}'s {len(plans)} clips: "
+                           f"regenerate it (delete the folder)")
+    (tmp / GT_CSV).write_text(lines[0] + "".join(kept))
+
+
+def _finish(tmp: Path, out: Path, layout: str, p: SynthPreset, seed: int, plans: list[ClipPlan],
+            stale: bool) -> None:
+    """The marker, written last, then ``tmp`` renamed into ``out``'s place."""
     marker = {**_marker(layout, p, seed), "n_clips": len(plans), "n_files": len(_files(tmp)),
               "classes": dict(Counter(pl.label or "excluded" for pl in plans))}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
@@ -263,7 +319,6 @@ def generate(out: Path, *, layout: str = "casme2", preset: str = "tiny", seed: i
         out.rmdir()  # empty, checked above
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
-    return out
 
 
 def _is_ours(root: Path, layout: str, preset: str, seed: int) -> bool:
