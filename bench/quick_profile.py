@@ -51,8 +51,7 @@ def main() -> None:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             ctx.fit_predict(ctx.labels, train_idx, test_idx, seed=config.train.seed)
         fold_s = time.perf_counter() - t0
-        print(f"== {run}  ({config.train.variant_name() if hasattr(config.train, 'variant_name') else ''}"
-              f"blocks={config.train.blocks}, {torch.get_num_threads()} threads, "
+        print(f"== {run}  (blocks={config.train.blocks}, {torch.get_num_threads()} threads, "
               f"{len(train_idx)} training clips, {config.train.epochs} epochs)")
         print(f"load {load_s:.1f} s, one fold {fold_s:.1f} s (after {args.warmup} warm-up fold(s))")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -45,7 +45,6 @@ def data_root(data: DataConfig, paths: Paths | None = None, *, generate: bool = 
     root = Path(data.root) if data.root else paths.data / data.name
     if generate:
         from merlib.synth import generate as generate_synthme
-
         from merlib.synth.plan import get_preset
 
         # one source of a megc preset: its part of the composite, rendered once for both runs
